@@ -1,0 +1,178 @@
+"""The ``slao`` command: run, demo, list, config. Errors a user can fix print one clear line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from slao.errors import SlaoError
+
+DEMO_SETTINGS = {
+    "model": "smollm2-135m",
+    "benchmark": "packaged",
+    "data": {"train_per_task": 240, "test_per_task": 64, "max_prompt_tokens": 96},
+    "train": {"lr": 3e-4, "batch_size": 8, "bf16": True},
+    "eval": {"zero_shot": True, "max_new_tokens": 12},
+}
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help="method name (slao list shows them)")
+    p.add_argument("--model", help="tiny-random | smollm2-135m | a local folder | a hub id")
+    p.add_argument("--benchmark", help="benchmark name (slao list shows them)")
+    p.add_argument("--order", type=int, help="task order of the benchmark")
+    p.add_argument("--tasks", help="comma-separated task names, in training order")
+    p.add_argument("--data-dir", help="folder holding the benchmark's files")
+    p.add_argument("--seed", type=int, help="seed (same as --set seed=N)")
+    p.add_argument("--config", help="YAML file of settings (slao config lists them)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--trust-remote-code", action="store_true", help="let a hub model run its own code")
+
+
+def _flag_layer(args) -> dict:
+    layer: dict = {}
+    for key in ("model", "benchmark", "order", "data_dir", "seed"):
+        value = getattr(args, key, None)
+        if value is not None:
+            layer[key] = value
+    if getattr(args, "method", None):
+        layer["method"] = {"name": args.method}
+    if getattr(args, "tasks", None):
+        layer["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if getattr(args, "trust_remote_code", False):
+        layer["trust_remote_code"] = True
+    return layer
+
+
+def build_from_args(args, base: dict | None = None):
+    from slao.config import build_config, parse_sets, read_yaml
+
+    layers = [base or {}]
+    if args.config:
+        layers.append(read_yaml(args.config))
+    layers += [_flag_layer(args), parse_sets(args.set)]
+    return build_config(*layers)
+
+
+def _print_table(results: dict) -> None:
+    from slao.report import results_table
+
+    print(results_table(results))
+
+
+def cmd_run(args) -> int:
+    from slao.harness import run_experiment
+
+    out = Path(args.resume or args.output or "")
+    if not args.resume and not args.output:
+        raise SlaoError("slao run needs --output RUN (or --resume RUN)")
+    base = None
+    if args.resume:
+        cfg_file = out / "config.yaml"
+        if not cfg_file.exists():
+            raise SlaoError(f"{out} holds no run to resume (no config.yaml)")
+        from slao.config import read_yaml
+
+        base = read_yaml(cfg_file)
+    cfg = build_from_args(args, base)
+    results = run_experiment(cfg, out)
+    _print_table(results)
+    print(f"run folder: {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from slao.harness import run_experiment
+
+    out = Path(args.output)
+    cfg = build_from_args(args, DEMO_SETTINGS)
+    print(f"slao demo: {cfg.method.name} on {cfg.model}, benchmark {cfg.benchmark}, "
+          f"{cfg.data.train_per_task} training examples a task; output in {out}", flush=True)
+    results = run_experiment(cfg, out)
+    _print_table(results)
+    print(f"wall time {results.get('wall_seconds', 0):.0f} s; run folder: {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from slao.data import PACKAGED_TASKS
+    from slao.methods.base import METHODS, get_method
+    from slao.tasks import BENCHMARK_ORDERS
+
+    get_method("slao")
+    print("methods:")
+    for name, cls in sorted(METHODS.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"  {name:15s} {doc[0] if doc else ''}")
+    print("benchmarks:")
+    for name, spec in BENCHMARK_ORDERS.items():
+        print(f"  {name:15s} {spec['about']}")
+        for order, tasks in spec["orders"].items():
+            print(f"    order {order}: {', '.join(tasks)}")
+    print("packaged tasks:\n  " + ", ".join(PACKAGED_TASKS))
+    print("models:\n  tiny-random, smollm2-135m, or any local folder / hub id of a causal LM")
+    return 0
+
+
+def cmd_config(args) -> int:
+    import typing
+
+    from slao.config import RunConfig
+
+    def walk(obj, prefix=""):
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                print(f"  {prefix + f.name:26s} {value!s:16s} {f.metadata.get('help', '')}")
+
+    print("settings (--set KEY=VALUE or a --config YAML file):")
+    walk(RunConfig())
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from slao import __version__
+
+    parser = argparse.ArgumentParser(prog="slao", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"slao {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run one method over a task sequence")
+    _run_flags(p)
+    p.add_argument("--output", help="run folder (created; an unfinished run there is resumed)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN after its last finished task")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("demo", help="SLAO on the shipped model and the packaged tasks, small budgets")
+    _run_flags(p)
+    p.add_argument("--output", default="runs/demo", help="run folder (default runs/demo)")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("list", help="list methods, benchmarks and tasks")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("config", help="list every setting with its default and meaning")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SlaoError as err:
+        print(f"slao: error: {err}", file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        target = getattr(args, "output", None) or getattr(args, "resume", None)
+        hint = f" Continue with: slao run --resume {target}" if target else ""
+        print(f"\nslao: interrupted; finished tasks are kept in their checkpoint.{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

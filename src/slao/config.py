@@ -1,0 +1,227 @@
+"""Run configuration: nested dataclasses with one help text per field; YAML in, resolved YAML out,
+and ``--set section.key=value`` overrides. Defaults follow the paper (design.md §4) and are safe."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from slao.errors import ConfigError
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    train_per_task: int | None = _f(None, "cap on training examples per task (sampled from the seed)")
+    test_per_task: int | None = _f(None, "cap on test examples per task (sampled from the seed)")
+    max_prompt_tokens: int = _f(256, "longest prompt in tokens; the example text is cut, never the frame")
+    carve_test: float | None = _f(None, "fraction of train held out as test where a test split is missing")
+
+
+@dataclass
+class LoraSettings:
+    r: int = _f(8, "LoRA rank")
+    alpha: float = _f(32.0, "LoRA alpha; the update is (alpha / r) * B @ A")
+    dropout: float = _f(0.1, "dropout on the LoRA input during training")
+    target_modules: list[str] = _f(["q_proj", "v_proj"], "names of the linear layers that get a LoRA")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = _f(1e-4, "AdamW learning rate (constant unless lr_schedule says otherwise)")
+    lr_schedule: str = _f("constant", "constant | linear (decay to 0 over the task)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    epochs: float = _f(1.0, "passes over each task's training examples")
+    batch_size: int = _f(8, "examples per optimiser step and process, before accumulation")
+    grad_accum: int = _f(1, "micro-batches accumulated per optimiser step")
+    max_grad_norm: float | None = _f(1.0, "gradient clipping norm; null turns it off")
+    bf16: bool = _f(False, "bf16 autocast for training")
+    log_every: int = _f(1, "write a line to train_log.jsonl every N optimiser steps")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = _f(32, "prompts per generation batch")
+    max_new_tokens: int = _f(50, "most tokens generated per answer (greedy)")
+    zero_shot: bool = _f(False, "also score the untrained model on every task (needed for FWT)")
+
+
+@dataclass
+class SlaoOptions:
+    init: str = _f("last-ft", "initialise task i from: last-ft | merged | random")
+    a_rule: str = _f("replace", "merge rule for A: replace | interpolate")
+    b_rule: str = _f("interpolate", "merge rule for B: interpolate | replace")
+    train: str = _f("both", "factors that train: both | a | b")
+    schedule: str = _f("inv-sqrt", "merge weight lambda(i): inv-sqrt | inv | a constant")
+
+
+@dataclass
+class OLoraOptions:
+    lambda1: float = _f(0.5, "weight of the orthogonality loss sum |A_old @ A_new^T|")
+    lambda2: float = _f(0.0, "weight of the L2 norm of the new LoRA")
+
+
+@dataclass
+class MethodConfig:
+    name: str = _f("slao", "continual-learning method (slao list shows them)")
+    slao: SlaoOptions = field(default_factory=SlaoOptions, metadata={"help": "SLAO settings"})
+    o_lora: OLoraOptions = field(default_factory=OLoraOptions, metadata={"help": "O-LoRA settings"})
+
+
+@dataclass
+class RunConfig:
+    seed: int = _f(0, "seed for sampling, initialisation, dropout and data order")
+    model: str = _f("tiny-random", "tiny-random | smollm2-135m | a local folder | a hub id")
+    trust_remote_code: bool = _f(False, "allow a hub model's own code to run")
+    benchmark: str = _f("packaged", "packaged | olora | jsonl (slao list shows them)")
+    order: int | None = _f(None, "task order of the benchmark")
+    tasks: list[str] | None = _f(None, "task names in training order (overrides the order)")
+    data_dir: str | None = _f(None, "folder with the benchmark's files")
+    method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "method"})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
+
+
+# ------------------------------------------------------------------------------------------------
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _field_types(cls) -> dict[str, typing.Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value, tp, where: str):
+    """Turn a YAML/flag value into the field's type, or fail with the field's path."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, where)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], where) for v in value]
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "yes", "1", "on"):
+                    return True
+                if value.lower() in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}") from None
+
+
+def _from_dict(cls, data: dict, where: str = ""):
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        path = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown setting {path}{unknown[0]}; valid ones here: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """["train.lr=3e-4", "seed=1"] -> nested dict with YAML-parsed values."""
+    tree: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects section.key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def build_config(*layers: dict) -> RunConfig:
+    """Defaults, then each layer (a config file, flags, --set) in turn; validated once, here."""
+    merged: dict = to_dict(RunConfig())
+    for layer in layers:
+        merged = _merge(merged, layer)
+    cfg = _from_dict(RunConfig, merged)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: RunConfig) -> None:
+    checks = [
+        (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (cfg.train.grad_accum >= 1, "train.grad_accum must be at least 1"),
+        (cfg.train.lr > 0, "train.lr must be positive"),
+        (cfg.train.epochs > 0, "train.epochs must be positive"),
+        (cfg.lora.r >= 1, "lora.r must be at least 1"),
+        (cfg.eval.batch_size >= 1, "eval.batch_size must be at least 1"),
+        (cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens must be at least 1"),
+        (cfg.data.max_prompt_tokens >= 16, "data.max_prompt_tokens must be at least 16"),
+        (cfg.train.lr_schedule in ("constant", "linear"), "train.lr_schedule must be constant or linear"),
+    ]
+    for cap in ("train_per_task", "test_per_task"):
+        n = getattr(cfg.data, cap)
+        checks.append((n is None or n >= 1, f"data.{cap} must be at least 1"))
+    if cfg.data.carve_test is not None:
+        checks.append((0 < cfg.data.carve_test < 1, "data.carve_test must be a fraction in (0, 1)"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,143 @@
+"""Task loading: one entry point, ``load_tasks``, over the packaged, O-LoRA and JSONL sources."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from slao.data.jsonl import load_jsonl_task
+from slao.data.olora import find_olora_dataset, list_olora_datasets, load_olora_task
+from slao.data.packaged import PACKAGED_TASKS, load_packaged_task
+from slao.data.sampling import cap_examples
+from slao.data.task import Example, Task
+from slao.errors import ConfigError, DataError
+
+__all__ = ["BENCHMARKS", "PACKAGED_TASKS", "Example", "Task", "load_tasks"]
+
+Loader = Callable[[str, Path | None, int, int | None, int | None, float | None], Task]
+
+
+def load_tasks(
+    benchmark: str,
+    names: list[str] | None,
+    data_dir: str | Path | None,
+    seed: int,
+    train_n: int | None = None,
+    test_n: int | None = None,
+    carve_test: float | None = None,
+) -> list[Task]:
+    """The tasks ``names`` of ``benchmark``, in the given order, with at most train_n/test_n examples.
+
+    ``packaged`` reads files of installed asset packages (names default to PACKAGED_TASKS; caps are
+    class-balanced draws). ``olora`` reads ``data_dir`` in the O-LoRA layout (names like ``mnli``,
+    ``sst-2``; ``carve_test`` holds out part of train where test.json is missing). ``jsonl`` reads
+    ``<data_dir>/<name>/{train,test}.jsonl`` with optional ``options.json`` and ``instruction.txt``.
+    """
+    loader = BENCHMARKS.get(benchmark)
+    if loader is None:
+        raise ConfigError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
+    for n, what in ((train_n, "train_n"), (test_n, "test_n")):
+        if n is not None and n < 0:
+            raise ConfigError(f"{what} must be >= 0 or unset, got {n}")
+    if benchmark == "packaged":
+        names = list(PACKAGED_TASKS) if names is None else names
+    else:
+        data_dir = _require_dir(benchmark, data_dir)
+        if not names:
+            available = _available(benchmark, data_dir)
+            raise ConfigError(f"the {benchmark} benchmark needs task names; available: {available}")
+    _check_names(names)
+    tasks = []
+    for name in names:
+        task = loader(name, data_dir, seed, train_n, test_n, carve_test)
+        if not task.train or not task.test:
+            raise DataError(
+                f"task {name!r} has {len(task.train)} train and {len(task.test)} test examples; "
+                "both must be non-empty (check the files and the train_n/test_n caps)"
+            )
+        tasks.append(task)
+    return tasks
+
+
+def _require_dir(benchmark: str, data_dir: str | Path | None) -> Path:
+    if data_dir is None:
+        raise ConfigError(f"the {benchmark} benchmark needs a data folder (data_dir)")
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise DataError(f"data folder not found: {path}")
+    return path
+
+
+def _check_names(names: list[str]) -> None:
+    """Task names end up in paths and result keys: refuse anything that could leave the data folder."""
+    seen = set()
+    for name in names:
+        unsafe = (
+            not name
+            or "/" in name
+            or "\\" in name
+            or ".." in name
+            or PurePosixPath(name).is_absolute()
+            or PureWindowsPath(name).is_absolute()
+        )
+        if unsafe:
+            raise DataError(f"unsafe task name {name!r}: no '/', '\\', '..' or absolute paths")
+        if name in seen:
+            raise ConfigError(f"task {name!r} is listed twice")
+        seen.add(name)
+
+
+def _capped(task: Task, seed: int, train_n: int | None, test_n: int | None) -> Task:
+    """Cap both splits (salted by task and split) and record the sizes before and after."""
+    before = {"train": len(task.train), "test": len(task.test)}
+    task.train = cap_examples(task.train, train_n, seed, f"{task.name}:train")
+    task.test = cap_examples(task.test, test_n, seed, f"{task.name}:test")
+    task.info["caps"] = {"train_n": train_n, "test_n": test_n, "available": before}
+    return task
+
+
+def _load_packaged(name, data_dir, seed, train_n, test_n, carve_test) -> Task:
+    # Packaged tasks draw their own class-balanced caps; data_dir and carve_test do not apply.
+    return load_packaged_task(name, seed, train_n, test_n)
+
+
+def _load_olora(name, data_dir, seed, train_n, test_n, carve_test) -> Task:
+    dataset_path = find_olora_dataset(data_dir, name)
+    task = load_olora_task(data_dir, dataset_path, name, carve_test=carve_test, seed=seed)
+    return _capped(task, seed, train_n, test_n)
+
+
+def _load_jsonl(name, data_dir, seed, train_n, test_n, carve_test) -> Task:
+    folder = data_dir / name
+    if not (folder / "train.jsonl").is_file() and not (folder / "test.jsonl").is_file():
+        available = _available("jsonl", data_dir)
+        raise DataError(f"no JSONL task named {name!r} in {data_dir}; available: {available}")
+    options = _read_options(folder / "options.json")
+    instruction_file = folder / "instruction.txt"
+    instruction = instruction_file.read_text(encoding="utf-8").strip() if instruction_file.is_file() else ""
+    task = load_jsonl_task(name, folder / "train.jsonl", folder / "test.jsonl", options, instruction)
+    return _capped(task, seed, train_n, test_n)
+
+
+def _read_options(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    try:
+        options = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: line {err.lineno}: malformed JSON ({err.msg})") from None
+    if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
+        raise DataError(f"{path}: expected a non-empty JSON list of option strings")
+    return options
+
+
+def _available(benchmark: str, data_dir: Path) -> str:
+    if benchmark == "olora":
+        found = [rel.split("/")[1].lower() for rel in list_olora_datasets(data_dir)]
+    else:
+        found = [d.name for d in data_dir.iterdir() if (d / "train.jsonl").is_file()]
+    return ", ".join(sorted(found)) or "none"
+
+
+BENCHMARKS: dict[str, Loader] = {"packaged": _load_packaged, "olora": _load_olora, "jsonl": _load_jsonl}

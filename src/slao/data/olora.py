@@ -1,0 +1,149 @@
+"""Reading the O-LoRA benchmark layout (``<Type>/<dataset>/{train,test,labels}.json``) into Tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slao.data.sampling import carve_split
+from slao.data.task import Example, Task
+from slao.errors import ConfigError, DataError
+
+SUFFIX = "\nAnswer:"
+INSTRUCTION_FILE = "instruction_config.json"
+
+
+def find_olora_dataset(data_dir: str | Path, name: str) -> str:
+    """The ``"<Type>/<dataset>"`` folder whose dataset name matches ``name`` case-insensitively."""
+    found = list_olora_datasets(Path(data_dir))
+    matches = [rel for rel in found if rel.split("/")[1].lower() == name.lower()]
+    if not matches:
+        available = ", ".join(sorted(rel.split("/")[1].lower() for rel in found)) or "none"
+        raise DataError(f"no O-LoRA dataset named {name!r} under {data_dir}; available: {available}")
+    if len(matches) > 1:
+        raise DataError(f"O-LoRA dataset name {name!r} is ambiguous under {data_dir}: {', '.join(matches)}")
+    return matches[0]
+
+
+def list_olora_datasets(data_dir: str | Path) -> list[str]:
+    """Every ``"<Type>/<dataset>"`` folder (one holding labels.json) under ``data_dir``, sorted."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"O-LoRA data folder not found: {data_dir}")
+    return sorted(
+        f"{d.parent.name}/{d.name}"
+        for d in data_dir.glob("*/*")
+        if d.is_dir() and (d / "labels.json").is_file()
+    )
+
+
+def load_olora_task(
+    data_dir: str | Path,
+    dataset_path: str,
+    name: str,
+    *,
+    carve_test: float | None = None,
+    seed: int = 0,
+) -> Task:
+    """Load one O-LoRA dataset (``dataset_path`` as ``"<Type>/<dataset>"``) as the task ``name``.
+
+    When ``test.json`` is missing and ``carve_test`` is a fraction in (0, 1), that fraction of train is
+    held out as test (deterministic from ``seed``) and ``info["test_carved_from_train"]`` says so.
+    """
+    data_dir = Path(data_dir)
+    task_type, dataset = dataset_path.split("/")
+    folder = data_dir / task_type / dataset
+    labels = _read_labels(folder / "labels.json")
+    train_file, test_file = folder / "train.json", folder / "test.json"
+    train = _read_split(train_file, labels, strict=True)
+    info: dict = {"source": "olora", "dataset": dataset_path, "files": {"train": str(train_file)}}
+    if test_file.is_file() or carve_test is None:
+        test = _read_split(test_file, labels, strict=False)
+        info["files"]["test"] = str(test_file)
+    else:
+        if not 0.0 < carve_test < 1.0:
+            raise ConfigError(f"carve_test must be a fraction between 0 and 1, got {carve_test}")
+        train, test = carve_split(train, carve_test, seed, f"{name}:test")
+        info["test_carved_from_train"] = {"fraction": carve_test, "seed": seed}
+    option_set = set(labels)
+    info["test_labels_not_options"] = sum(ex.answers[0] not in option_set for ex in test)
+    info["files"]["labels"] = str(folder / "labels.json")
+    instruction = _read_instruction(data_dir / INSTRUCTION_FILE, task_type)
+    info["instruction"] = instruction
+    return Task(
+        name=name,
+        prefix=_prefix(task_type, dataset, instruction, labels),
+        suffix=SUFFIX,
+        options=labels,
+        train=train,
+        test=test,
+        metric="exact",
+        info=info,
+    )
+
+
+def _prefix(task_type: str, dataset: str, instruction: str | None, labels: list[str]) -> str:
+    head = f"Task:{task_type}\nDataset:{dataset}\n"
+    # A type without an instruction (COPA) was published with no instruction and no option line:
+    # its sentences already spell out the choices.
+    if instruction is None:
+        return head
+    return head + instruction + "Option: " + ", ".join(labels) + " \n"
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise DataError(f"missing file: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: line {err.lineno}: malformed JSON ({err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason})") from None
+
+
+def _read_labels(path: Path) -> list[str]:
+    labels = _read_json(path)
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise DataError(f"{path}: expected a non-empty JSON list of label strings")
+    return labels
+
+
+def _read_split(path: Path, labels: list[str], strict: bool) -> list[Example]:
+    """Records of one split; ``strict`` makes a label outside ``labels`` an error (train)."""
+    records = _read_json(path)
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of {{'label', 'sentence'}} records")
+    option_set = set(labels)
+    examples = []
+    for i, rec in enumerate(records, start=1):
+        if (
+            not isinstance(rec, dict)
+            or not isinstance(rec.get("label"), str)
+            or not isinstance(rec.get("sentence"), str)
+        ):
+            raise DataError(f"{path}: record {i}: expected an object with string 'label' and 'sentence'")
+        if strict and rec["label"] not in option_set:
+            raise DataError(f"{path}: record {i}: label {rec['label']!r} is not one of the options {labels}")
+        examples.append(Example(text=rec["sentence"], answers=(rec["label"],)))
+    return examples
+
+
+def _read_instruction(path: Path, task_type: str) -> str | None:
+    """The first instruction for ``task_type``, or None when the config has no entry for it."""
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise DataError(f"{path}: expected a JSON object keyed by task type")
+    entry = config.get(task_type)
+    if entry is None:
+        return None
+    if isinstance(entry, list):
+        if not entry:
+            raise DataError(f"{path}: task type {task_type!r} has an empty instruction list")
+        entry = entry[0]
+    if isinstance(entry, dict):
+        entry = entry.get("instruction")
+    if not isinstance(entry, str):
+        raise DataError(f"{path}: task type {task_type!r}: expected an instruction string")
+    return entry

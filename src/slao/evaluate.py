@@ -1,0 +1,82 @@
+"""Batched greedy generation and scoring. Prompts are sorted by length and left-padded; generation
+stops when every sequence in the batch has ended or after ``max_new_tokens``."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from slao.config import EvalConfig
+from slao.data.normalize import exact_match
+from slao.data.task import Task
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, length - len(p) :] = torch.tensor(p)
+        mask[row, length - len(p) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalConfig, desc: str = "",
+             show: bool = True) -> list[str]:
+    """Greedy answers to ``prompts`` (token ids), in the order given."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda k: -len(prompts[k]))
+    answers: list[str] = [""] * len(prompts)
+    batches = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
+    for batch in tqdm(batches, desc=desc or "eval", disable=not show, leave=False, dynamic_ncols=True):
+        ids, mask = left_pad([prompts[k] for k in batch], tokenizer.pad_token_id)
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = out[:, ids.shape[1] :]
+        for k, row in zip(batch, new, strict=True):
+            answers[k] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return answers
+
+
+def score(task: Task, predictions: list[str]) -> float:
+    """Percent of test examples answered correctly (normalised exact match); ROUGE-L where set."""
+    if task.metric == "rougeL":
+        from slao.scores import rouge_l
+
+        values = [max(rouge_l(p, a) for a in ex.answers) for p, ex in zip(predictions, task.test, strict=True)]
+    else:
+        values = [exact_match(p, ex.answers) for p, ex in zip(predictions, task.test, strict=True)]
+    return 100.0 * sum(values) / len(values)
+
+
+def evaluate_task(accelerator: Accelerator, model, tokenizer, task: Task, prompts: list[list[int]],
+                  cfg: EvalConfig, desc: str = "") -> tuple[float, list[str], float]:
+    """Score one task; the processes split the prompts and gather the answers. -> (score, answers, s)."""
+    start = time.perf_counter()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    mine = list(range(rank, len(prompts), world))
+    answers = generate(model, tokenizer, [prompts[k] for k in mine], cfg, desc,
+                       show=accelerator.is_main_process)
+    if world > 1:
+        pairs = gather_object(list(zip(mine, answers, strict=True)))
+        merged = [""] * len(prompts)
+        for k, a in pairs:
+            merged[k] = a
+        answers = merged
+    return score(task, answers), answers, time.perf_counter() - start

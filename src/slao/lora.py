@@ -1,0 +1,145 @@
+"""The one place that touches PEFT: attach a LoRA, read and write its A and B, resize it, export it.
+
+Only PEFT's public API is used. Layer names are module paths inside the base model
+(``model.layers.0.self_attn.q_proj``); weights travel as ``LoraWeights`` (name -> (A (r, in), B (out, r))).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+
+from slao.config import LoraSettings
+from slao.methods.base import LoraWeights
+
+ADAPTER = "default"
+_PREFIX = "base_model.model."
+
+
+class LoraAdapter:
+    """A PEFT LoRA on a base model whose scale ``s = alpha / r`` stays fixed when the rank changes
+    (a LoRA of rank k*r that stacks k LoRAs then computes exactly their sum)."""
+
+    def __init__(self, base_model: torch.nn.Module, settings: LoraSettings):
+        self.settings = settings
+        self.scaling = settings.alpha / settings.r
+        self.rank = settings.r
+        self.model: PeftModel = get_peft_model(base_model, self._peft_config(settings.r))
+
+    def _peft_config(self, rank: int) -> LoraConfig:
+        return LoraConfig(
+            r=rank,
+            lora_alpha=self.scaling * rank,
+            lora_dropout=self.settings.dropout,
+            target_modules=list(self.settings.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+    # -- layers ---------------------------------------------------------------------------------
+    def _layers(self) -> dict[str, LoraLayer]:
+        layers = {}
+        for name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
+                layers[name.removeprefix(_PREFIX)] = module
+        return layers
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        """Each target layer's (out, in)."""
+        out = {}
+        for name, layer in self._layers().items():
+            base = layer.get_base_layer()
+            out[name] = (base.out_features, base.in_features)
+        return out
+
+    def params(self) -> dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]]:
+        """The live A and B parameters of every layer (for the optimiser and extra losses)."""
+        return {
+            name: (layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight)
+            for name, layer in self._layers().items()
+        }
+
+    # -- weights --------------------------------------------------------------------------------
+    def get(self) -> LoraWeights:
+        return {n: (A.detach().clone(), B.detach().clone()) for n, (A, B) in self.params().items()}
+
+    def set(self, weights: LoraWeights) -> None:
+        rank = next(iter(weights.values()))[0].shape[0]
+        if rank != self.rank:
+            self.resize(rank)
+        params = self.params()
+        missing = set(params) - set(weights)
+        if missing:
+            raise ValueError(f"no LoRA weights for layers {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for name, (A, B) in params.items():
+                A.copy_(weights[name][0])
+                B.copy_(weights[name][1])
+
+    def default_init(self, generator: torch.Generator, rank: int | None = None) -> LoraWeights:
+        """PEFT's default init (Kaiming-uniform A with a = sqrt(5), zero B), from a seeded generator."""
+        rank = rank or self.settings.r
+        out = {}
+        for name, (n_out, n_in) in self.shapes().items():
+            A = torch.empty(rank, n_in)
+            torch.nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
+            out[name] = (A, torch.zeros(n_out, rank))
+        return out
+
+    def resize(self, rank: int) -> None:
+        """Replace the LoRA by one of another rank (weights are set by the caller)."""
+        base = self.model.unload()
+        self.model = get_peft_model(base, self._peft_config(rank))
+        self.rank = rank
+
+    def set_trainable(self, train_a: bool, train_b: bool) -> list[torch.nn.Parameter]:
+        """Freeze everything but the chosen LoRA factors; return the trainable parameters."""
+        trainable = []
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for A, B in self.params().values():
+            A.requires_grad_(train_a)
+            B.requires_grad_(train_b)
+            trainable += [p for p, on in ((A, train_a), (B, train_b)) if on]
+        return trainable
+
+    # -- export ---------------------------------------------------------------------------------
+    def export(self, weights: LoraWeights, out_dir: Path, base_model: str) -> None:
+        """Write ``weights`` as a PEFT adapter folder that ``PeftModel.from_pretrained`` loads.
+
+        Written into a temporary sibling and renamed into place, so a kill leaves no half adapter.
+        """
+        current = self.get()
+        self.set(weights)
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir.parent))
+        try:
+            self.model.peft_config[ADAPTER].base_model_name_or_path = base_model
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            _check_adapter_files(tmp)
+            if out_dir.exists():
+                old = out_dir.with_name(out_dir.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(out_dir, old)
+                os.replace(tmp, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.set(current)
+
+
+def _check_adapter_files(folder: Path) -> None:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if not (folder / "adapter_model.safetensors").exists() or "r" not in config:
+        raise RuntimeError(f"PEFT did not write a complete adapter into {folder}")

@@ -1,0 +1,123 @@
+"""SLAO (design.md §2): orthogonal initialisation from the last fine-tuned LoRA and a time-aware,
+asymmetric merge after every task, so one LoRA serves every task learned so far.
+
+The arithmetic is pure functions on tensors; ``SlaoMethod`` applies them to every target layer.
+Variants (the paper's ablations) are settings of the one method, not copies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from slao.errors import ConfigError
+from slao.methods.base import LoraWeights, Method, register
+
+
+def orthogonal_init(A: torch.Tensor) -> torch.Tensor:
+    """A (r, in) -> A0 (r, in) with orthonormal rows: Q^T of the reduced QR of A^T, diag(R) > 0."""
+    Q, R = torch.linalg.qr(A.T.to(torch.float64), mode="reduced")  # Q (in, r), R (r, r)
+    d = torch.sign(torch.diagonal(R))
+    d[d == 0] = 1.0  # a zero pivot keeps its column as it is
+    return (Q * d).T.to(A.dtype).contiguous()
+
+
+def schedule_weight(i: int, schedule: str | float = "inv-sqrt") -> float:
+    """lambda(i) for task i (1-based): 1/sqrt(i) (default), 1/i (a running mean), or a constant."""
+    if i < 1:
+        raise ValueError(f"task index is 1-based, got {i}")
+    if i == 1:
+        return 1.0
+    if schedule == "inv-sqrt":
+        return 1.0 / math.sqrt(i)
+    if schedule == "inv":
+        return 1.0 / i
+    return float(schedule)
+
+
+def merge(
+    A_merged: torch.Tensor | None,
+    B_merged: torch.Tensor | None,
+    A_ft: torch.Tensor,
+    B_ft: torch.Tensor,
+    i: int,
+    *,
+    schedule: str | float = "inv-sqrt",
+    a_rule: str = "replace",
+    b_rule: str = "interpolate",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The merge after task i (1-based). Default: A_m = A_ft; B_m = B_m + lambda(i) (B_ft - B_m)."""
+    if i == 1 or A_merged is None or B_merged is None:
+        return A_ft.clone(), B_ft.clone()
+    lam = schedule_weight(i, schedule)
+    A_new = A_ft.clone() if a_rule == "replace" else A_merged + lam * (A_ft - A_merged)
+    B_new = B_ft.clone() if b_rule == "replace" else B_merged + lam * (B_ft - B_merged)
+    return A_new, B_new
+
+
+INITS = ("last-ft", "merged", "random")
+A_RULES = ("replace", "interpolate")
+B_RULES = ("interpolate", "replace")
+TRAINS = ("both", "a", "b")
+
+
+def _parse_schedule(value) -> str | float:
+    if value in ("inv-sqrt", "inv"):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"method.slao.schedule must be 'inv-sqrt', 'inv' or a number in (0, 1], got {value!r}"
+        ) from None
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"method.slao.{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@register("slao")
+class SlaoMethod(Method):
+    """State between tasks: the merged LoRA and the last fine-tuned LoRA, nothing that grows."""
+
+    def __init__(self, config, lora_shapes, rank=8):
+        super().__init__(config, lora_shapes, rank)
+        opts = config.slao
+        _check("init", opts.init, INITS)
+        _check("a_rule", opts.a_rule, A_RULES)
+        _check("b_rule", opts.b_rule, B_RULES)
+        _check("train", opts.train, TRAINS)
+        self.opts = opts
+        self.schedule = _parse_schedule(opts.schedule)
+        self.merged: LoraWeights = {}
+        self.last_ft: LoraWeights = {}
+
+    def init_lora(self, i: int, default: LoraWeights) -> LoraWeights:
+        if i == 1 or self.opts.init == "random":
+            return default
+        source = self.last_ft if self.opts.init == "last-ft" else self.merged
+        return {name: (orthogonal_init(A), B.clone()) for name, (A, B) in source.items()}
+
+    def trainable(self) -> tuple[bool, bool]:
+        return {"both": (True, True), "a": (True, False), "b": (False, True)}[self.opts.train]
+
+    def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
+        self.last_ft = {name: (A.clone(), B.clone()) for name, (A, B) in trained.items()}
+        merged = {}
+        for name, (A_ft, B_ft) in trained.items():
+            A_m, B_m = self.merged.get(name, (None, None))
+            merged[name] = merge(
+                A_m, B_m, A_ft, B_ft, i,
+                schedule=self.schedule, a_rule=self.opts.a_rule, b_rule=self.opts.b_rule,
+            )
+        self.merged = merged
+        return merged
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {**self.flatten("merged", self.merged), **self.flatten("last_ft", self.last_ft)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.merged = self.unflatten("merged", tensors)
+        self.last_ft = self.unflatten("last_ft", tensors)
