@@ -284,3 +284,22 @@ def test_packaged_tasks_are_balanced_disjoint_and_deterministic() -> None:
         assert max(counts.values()) - min(counts.values()) <= 1 and len(counts) == len(task.options)
         assert task.prefix.startswith("Task:") and task.suffix == "\nAnswer:"
         assert task.info["files"]["data"]
+
+
+def test_olora_train_carved_from_test_when_only_test_exists(tmp_path):
+    from slao.data.olora import load_olora_task
+
+    folder = tmp_path / "TC" / "dbp"
+    folder.mkdir(parents=True)
+    (tmp_path / "instruction_config.json").write_text('{"TC": ["Pick a topic. "]}')
+    (folder / "labels.json").write_text('["a", "b"]')
+    rows = [{"label": "ab"[i % 2], "sentence": f"s{i}"} for i in range(20)] + [{"label": "-", "sentence": "x"}]
+    (folder / "test.json").write_text(json.dumps(rows))
+    with pytest.raises(DataError, match="train.json"):
+        load_olora_task(tmp_path, "TC/dbp", "dbp")
+    task = load_olora_task(tmp_path, "TC/dbp", "dbp", carve_test=0.25, seed=3)
+    assert len(task.test) == 5 and len(task.train) == 15
+    assert not {x.text for x in task.train} & {x.text for x in task.test}
+    assert task.info["train_carved_from_test"] == {"fraction_kept_as_test": 0.25, "seed": 3}
+    again = load_olora_task(tmp_path, "TC/dbp", "dbp", carve_test=0.25, seed=3)
+    assert again.train == task.train

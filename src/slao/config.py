@@ -26,6 +26,16 @@ class DataConfig:
     test_per_task: int | None = _f(None, "cap on test examples per task (sampled from the seed)")
     max_prompt_tokens: int = _f(256, "longest prompt in tokens; the example text is cut, never the frame")
     carve_test: float | None = _f(None, "fraction of train held out as test where a test split is missing")
+    metric: str = _f("auto", "superni/hf score: auto (exact for option tasks, rougeL for free text) | exact | rougeL")
+    hf_path: str | None = _f(None, "hf source: hub id, local folder, or csv/json/parquet ({task} = task name)")
+    hf_config: str | None = _f(None, "hf source: the dataset's configuration name")
+    hf_data_files: dict[str, str] | None = _f(None, "hf source: split -> file for csv/json/parquet")
+    hf_text_column: list[str] = _f(["text"], "hf source: input column(s); several become 'name: value' lines")
+    hf_label_column: str = _f("label", "hf source: answer column (a ClassLabel's names are the options)")
+    hf_train_split: str = _f("train", "hf source: split used for training")
+    hf_test_split: str = _f("test", "hf source: split used for testing")
+    hf_instruction: str = _f("", "hf source: instruction line shown before the options and the text")
+    hf_tasks: str | None = _f(None, "hf source: YAML file of task name -> the hf_* keys without 'hf_'")
 
 
 @dataclass
@@ -46,6 +56,7 @@ class TrainConfig:
     grad_accum: int = _f(1, "micro-batches accumulated per optimiser step")
     max_grad_norm: float | None = _f(1.0, "gradient clipping norm; null turns it off")
     bf16: bool = _f(False, "bf16 autocast for training")
+    group_by_length: bool = _f(False, "batch examples of similar length (less padding; off: the paper's shuffle)")
     log_every: int = _f(1, "write a line to train_log.jsonl every N optimiser steps")
 
 
@@ -83,9 +94,10 @@ class RunConfig:
     seed: int = _f(0, "seed for sampling, initialisation, dropout and data order")
     model: str = _f("tiny-random", "tiny-random | smollm2-135m | a local folder | a hub id")
     trust_remote_code: bool = _f(False, "allow a hub model's own code to run")
-    benchmark: str = _f("packaged", "packaged | olora | jsonl (slao list shows them)")
+    benchmark: str = _f("packaged", "standard | long | superni | packaged | olora | jsonl | hf (slao list)")
     order: int | None = _f(None, "task order of the benchmark")
     tasks: list[str] | None = _f(None, "task names in training order (overrides the order)")
+    exclude: list[str] = _f([], "task names left out of the order (recorded in results.json)")
     data_dir: str | None = _f(None, "folder with the benchmark's files")
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "method"})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA"})
@@ -212,6 +224,7 @@ def _validate(cfg: RunConfig) -> None:
         (cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens must be at least 1"),
         (cfg.data.max_prompt_tokens >= 16, "data.max_prompt_tokens must be at least 16"),
         (cfg.train.lr_schedule in ("constant", "linear"), "train.lr_schedule must be constant or linear"),
+        (cfg.data.metric in ("auto", "exact", "rougeL"), "data.metric must be auto, exact or rougeL"),
     ]
     for cap in ("train_per_task", "test_per_task"):
         n = getattr(cfg.data, cap)

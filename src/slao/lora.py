@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,8 +17,11 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from slao.config import LoraSettings
+from slao.errors import SlaoError
 from slao.methods.base import LoraWeights
 
 ADAPTER = "default"
@@ -124,7 +128,7 @@ class LoraAdapter:
         tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir.parent))
         try:
             self.model.peft_config[ADAPTER].base_model_name_or_path = base_model
-            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            self.model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
             _check_adapter_files(tmp)
             if out_dir.exists():
                 old = out_dir.with_name(out_dir.name + ".old")
@@ -143,3 +147,64 @@ def _check_adapter_files(folder: Path) -> None:
     config = json.loads((folder / "adapter_config.json").read_text())
     if not (folder / "adapter_model.safetensors").exists() or "r" not in config:
         raise RuntimeError(f"PEFT did not write a complete adapter into {folder}")
+
+
+# -- reading an adapter folder from a user ------------------------------------------------------------
+class AdapterError(SlaoError):
+    """An adapter folder that cannot be used (missing or truncated files, another base model)."""
+
+
+_ADAPTER_KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<ab>[AB])\.weight$")
+
+
+def load_adapter_weights(folder: str | Path, expected_base: str,
+                         shapes: dict[str, tuple[int, int]] | None = None) -> tuple[dict, LoraWeights]:
+    """Read a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors; nothing else is read).
+
+    Refuses, with the file and the fix, a missing file, a truncated or non-safetensors weight file, a
+    non-LoRA adapter, one made for a base model other than ``expected_base``, and (with ``shapes``, each
+    layer's (out, in)) one whose layers do not fit the model. Returns (adapter config, weights).
+    """
+    folder = Path(folder)
+    config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not config_file.is_file():
+        raise AdapterError(f"{folder} is not an adapter folder: {config_file.name} is missing")
+    if not weights_file.is_file():
+        extra = " (a .bin adapter is never read: it can run code; convert it to safetensors)" \
+            if (folder / "adapter_model.bin").exists() else ""
+        raise AdapterError(f"adapter folder {folder} has no {weights_file.name}{extra}")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as err:
+        raise AdapterError(f"{config_file} is not valid JSON ({err})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise AdapterError(f"{config_file} does not describe a LoRA adapter (peft_type must be LORA)")
+    base = config.get("base_model_name_or_path")
+    if base != expected_base:
+        raise AdapterError(f"adapter {folder} was trained on base model {base!r}, not on {expected_base!r}; "
+                           "refusing to load it. Give the model it was made for (--model).")
+    try:
+        tensors = load_file(str(weights_file))
+    except (SafetensorError, OSError) as err:
+        raise AdapterError(f"{weights_file} is truncated or not a safetensors file ({err})") from None
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        match = _ADAPTER_KEY.match(key)
+        if match is None:
+            raise AdapterError(f"{weights_file} holds {key!r}, which is not a LoRA A or B weight")
+        parts.setdefault(match["layer"], {})[match["ab"]] = value
+    weights: LoraWeights = {}
+    for layer, ab in parts.items():
+        A, B = ab.get("A"), ab.get("B")
+        if A is None or B is None or A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
+            raise AdapterError(f"{weights_file}: layer {layer} lacks a matching lora_A (r, in) / lora_B (out, r)")
+        weights[layer] = (A, B)
+    if not weights:
+        raise AdapterError(f"{weights_file} holds no LoRA weights")
+    if shapes is not None:
+        wrong = sorted(set(shapes) ^ set(weights)) or [
+            n for n, (A, B) in weights.items() if (B.shape[0], A.shape[1]) != tuple(shapes[n])]
+        if wrong:
+            raise AdapterError(f"adapter {folder} does not fit the model: layers {wrong[:3]} are missing, "
+                               "extra or of another shape")
+    return config, weights

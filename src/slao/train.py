@@ -7,6 +7,8 @@ token of the global batch, so one process and several give the same update.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -28,14 +30,42 @@ class TrainingDiverged(SlaoError):
     exit_status = 3
 
 
-def step_batches(n: int, cfg: TrainConfig, generator: torch.Generator) -> list[list[int]]:
-    """The data order: a seeded permutation per epoch, cut into global batches of ``batch_size``."""
+GROUP_CHUNK_BATCHES = 50  # length grouping sorts within chunks of this many batches
+
+
+def step_batches(n: int, cfg: TrainConfig, generator: torch.Generator,
+                 lengths: list[int] | None = None) -> list[list[int]]:
+    """The data order: a seeded permutation per epoch, cut into global batches of ``batch_size``.
+
+    With ``cfg.group_by_length`` (and ``lengths``, tokens per example), each epoch's permutation is cut
+    into chunks of GROUP_CHUNK_BATCHES batches, each chunk sorted by length (longest first), cut into
+    batches, and the epoch's batches shuffled: a batch holds examples of similar length, so short ones
+    do not pay for a long one's padding, while the chunk keeps the draw random. Every example still
+    appears once per epoch; an epoch's last batch may be short. Off by default: it changes which
+    examples share a step, and the paper's runs shuffle plainly.
+    """
     total = max(1, math.ceil(n * cfg.epochs))
+    if cfg.group_by_length and lengths is not None:
+        return _grouped_batches(n, total, cfg.batch_size, generator, lengths)
     order: list[int] = []
     while len(order) < total:
         order += torch.randperm(n, generator=generator).tolist()
     order = order[:total]
     return [order[k : k + cfg.batch_size] for k in range(0, total, cfg.batch_size)]
+
+
+def _grouped_batches(n: int, total: int, size: int, generator: torch.Generator,
+                     lengths: list[int]) -> list[list[int]]:
+    batches: list[list[int]] = []
+    chunk = GROUP_CHUNK_BATCHES * size
+    for start in range(0, total, n):  # one epoch (the last may be partial) at a time
+        epoch = torch.randperm(n, generator=generator).tolist()[: min(n, total - start)]
+        mine: list[list[int]] = []
+        for c in range(0, len(epoch), chunk):
+            part = sorted(epoch[c : c + chunk], key=lambda k: -lengths[k])  # stable: ties keep the draw
+            mine += [part[k : k + size] for k in range(0, len(part), size)]
+        batches += [mine[k] for k in torch.randperm(len(mine), generator=generator).tolist()]
+    return batches
 
 
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -83,8 +113,12 @@ def train_task(
     bf16 autocast is applied here rather than through Accelerate's mixed precision, which would wrap
     the model's forward for good and make evaluation run in bf16 too.
     """
-    generator = torch.Generator().manual_seed(seed * 100_003 + i)
-    batches = step_batches(len(examples), cfg, generator)
+    data_seed = seed * 100_003 + i
+    generator = torch.Generator().manual_seed(data_seed)
+    batches = step_batches(len(examples), cfg, generator, [len(e.prompt) + len(e.answer) for e in examples])
+    # Recorded in the checkpoint, so a resumed run can be shown to have used the same order.
+    data_order = {"generator_seed": data_seed, "steps": len(batches),
+                  "batches_sha256": hashlib.sha256(json.dumps(batches).encode()).hexdigest()}
     params = adapter.set_trainable(*method.trainable())
     frozen = method.frozen_rank(i)
     hooks = _freeze_leading(adapter.params(), frozen)
@@ -102,33 +136,36 @@ def train_task(
             group["lr"] = _lr_at(cfg, step - 1, len(batches))
         items = [examples[k] for k in batch]
         n_answer = sum(len(e.answer) for e in items)  # the global batch's answer tokens
-        micro = [items[k :: cfg.grad_accum] for k in range(cfg.grad_accum)]
-        step_loss = torch.zeros(())
+        micro = [items[k :: cfg.grad_accum] for k in range(min(cfg.grad_accum, len(items)))]
+        step_stats = torch.zeros(2, dtype=torch.float64)  # this process's (loss, real tokens)
         for m, micro_items in enumerate(micro):
+            # Every process runs every micro-batch so that DDP's gradient all-reduce and the reduce
+            # below line up: a process with no share of a short (last) batch runs a stand-in example
+            # with weight 0; skipping it would leave the others waiting for it for ever.
             mine = micro_items[rank::world]
-            if not mine:
-                continue
-            ids, mask, labels = training_batch(mine, pad_id)
+            weight = 1.0 if mine else 0.0
+            ids, mask, labels = training_batch(mine or micro_items[:1], pad_id)
             ids, mask, labels = (t.to(accelerator.device) for t in (ids, mask, labels))
             sync = m == len(micro) - 1
             context = accelerator.no_sync(model) if (world > 1 and not sync) else _nullcontext()
             with context, torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.bf16):
                 logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = _token_nll(logits, labels) / n_answer
+                loss = weight * _token_nll(logits, labels) / n_answer
                 extra = method.extra_loss(i, adapter.params())
                 if extra is not None:
                     loss = loss + extra / (len(micro) * world)
                 # DDP averages gradients over processes; scale so the sum over processes is the mean.
                 accelerator.backward(loss * world)
-            step_loss += loss.detach().float()
-            tokens_seen += int(mask.sum())
-        loss_value = float(accelerator.reduce(step_loss.to(accelerator.device), reduction="sum"))
+            step_stats += torch.tensor([float(loss.detach()), weight * int(mask.sum())], dtype=torch.float64)
+        step_stats = accelerator.reduce(step_stats.to(accelerator.device), reduction="sum").cpu()
+        loss_value, tokens_seen = float(step_stats[0]), tokens_seen + int(step_stats[1])  # global figures
         if not math.isfinite(loss_value):
             bar.close()
             _remove(hooks)
             raise TrainingDiverged(
                 f"the loss became {loss_value} at task {i} ({task_name}), step {step}; "
-                "the last finished task's checkpoint is kept. Lower train.lr or turn off train.bf16."
+                "the checkpoint of the last finished task is kept (the same settings would diverge again). "
+                "Start a new run (another --output) with a lower train.lr, or with train.bf16 off."
             )
         if cfg.max_grad_norm:
             accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -140,19 +177,19 @@ def train_task(
                     A[:frozen].copy_(frozen_copy[name][0])
                     B[:, :frozen].copy_(frozen_copy[name][1])
         elapsed = time.perf_counter() - start
-        tok_s = tokens_seen * world / max(elapsed, 1e-9)
+        tok_s = tokens_seen / max(elapsed, 1e-9)
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:.0f}")
         bar.update(1)
         if step % cfg.log_every == 0 or step == len(batches):
             log({"task": task_name, "task_index": i, "step": step, "steps": len(batches),
                  "loss": loss_value, "lr": _lr_at(cfg, step - 1, len(batches)),
-                 "tokens": tokens_seen * world, "seconds": round(elapsed, 3)})
+                 "tokens": tokens_seen, "seconds": round(elapsed, 3)})
     bar.close()
     _remove(hooks)
     adapter.set_trainable(False, False)
     accelerator.free_memory()
     return {"steps": len(batches), "seconds": time.perf_counter() - start,
-            "tokens": tokens_seen * world, "final_loss": loss_value}
+            "tokens": tokens_seen, "final_loss": loss_value, "data_order": data_order}
 
 
 def _remove(handles) -> None:

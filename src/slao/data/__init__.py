@@ -1,4 +1,5 @@
-"""Task loading: one entry point, ``load_tasks``, over the packaged, O-LoRA and JSONL sources."""
+"""Task loading: one entry point, ``load_tasks``, over the packaged, O-LoRA, JSONL, SuperNI and
+``datasets`` (hf) sources."""
 
 from __future__ import annotations
 
@@ -6,16 +7,19 @@ import json
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from slao.data.hf import load_hf_task, make_spec, read_tasks_file
 from slao.data.jsonl import load_jsonl_task
 from slao.data.olora import find_olora_dataset, list_olora_datasets, load_olora_task
 from slao.data.packaged import PACKAGED_TASKS, load_packaged_task
 from slao.data.sampling import cap_examples
+from slao.data.superni import find_superni_task, list_superni_tasks, load_superni_task
 from slao.data.task import Example, Task
 from slao.errors import ConfigError, DataError
 
 __all__ = ["BENCHMARKS", "PACKAGED_TASKS", "Example", "Task", "load_tasks"]
 
-Loader = Callable[[str, Path | None, int, int | None, int | None, float | None], Task]
+# (name, data_dir, seed, train_n, test_n, carve_test, **source settings) -> Task
+Loader = Callable[..., Task]
 
 
 def load_tasks(
@@ -26,6 +30,10 @@ def load_tasks(
     train_n: int | None = None,
     test_n: int | None = None,
     carve_test: float | None = None,
+    *,
+    metric: str = "auto",
+    hf: dict | None = None,
+    hf_tasks: str | Path | None = None,
 ) -> list[Task]:
     """The tasks ``names`` of ``benchmark``, in the given order, with at most train_n/test_n examples.
 
@@ -33,6 +41,10 @@ def load_tasks(
     class-balanced draws). ``olora`` reads ``data_dir`` in the O-LoRA layout (names like ``mnli``,
     ``sst-2``; ``carve_test`` holds out part of train where test.json is missing). ``jsonl`` reads
     ``<data_dir>/<name>/{train,test}.jsonl`` with optional ``options.json`` and ``instruction.txt``.
+    ``superni`` reads ``<data_dir>/<name>/{train,test}.json`` Natural-Instructions files; ``metric``
+    (auto | exact | rougeL) picks their score. ``hf`` opens datasets with ``datasets.load_dataset`` from
+    the HfSpec keys in ``hf`` (the data.hf_* settings), overridden per task by the ``hf_tasks`` YAML file;
+    its ``data_dir`` is optional (relative paths are taken from it).
     """
     loader = BENCHMARKS.get(benchmark)
     if loader is None:
@@ -40,17 +52,27 @@ def load_tasks(
     for n, what in ((train_n, "train_n"), (test_n, "test_n")):
         if n is not None and n < 0:
             raise ConfigError(f"{what} must be >= 0 or unset, got {n}")
+    extra: dict = {}
     if benchmark == "packaged":
         names = list(PACKAGED_TASKS) if names is None else names
+    elif benchmark == "hf":
+        per_task = read_tasks_file(hf_tasks) if hf_tasks else {}
+        names = names or list(per_task)
+        if not names:
+            raise ConfigError("the hf benchmark needs task names: --tasks a,b or a data.hf_tasks YAML file")
+        extra = {"hf": {"metric": metric, **(hf or {})}, "per_task": per_task}
+        data_dir = Path(data_dir) if data_dir is not None else None
     else:
         data_dir = _require_dir(benchmark, data_dir)
         if not names:
             available = _available(benchmark, data_dir)
             raise ConfigError(f"the {benchmark} benchmark needs task names; available: {available}")
+        if benchmark == "superni":
+            extra = {"metric": metric}
     _check_names(names)
     tasks = []
     for name in names:
-        task = loader(name, data_dir, seed, train_n, test_n, carve_test)
+        task = loader(name, data_dir, seed, train_n, test_n, carve_test, **extra)
         if not task.train or not task.test:
             raise DataError(
                 f"task {name!r} has {len(task.train)} train and {len(task.test)} test examples; "
@@ -120,6 +142,18 @@ def _load_jsonl(name, data_dir, seed, train_n, test_n, carve_test) -> Task:
     return _capped(task, seed, train_n, test_n)
 
 
+def _load_superni(name, data_dir, seed, train_n, test_n, carve_test, *, metric="auto") -> Task:
+    folder = find_superni_task(data_dir, name)
+    task = load_superni_task(folder, name, metric=metric, carve_test=carve_test, seed=seed)
+    return _capped(task, seed, train_n, test_n)
+
+
+def _load_hf(name, data_dir, seed, train_n, test_n, carve_test, *, hf, per_task) -> Task:
+    spec = make_spec(name, hf, per_task.get(name))
+    task = load_hf_task(name, spec, base=data_dir, carve_test=carve_test, seed=seed)
+    return _capped(task, seed, train_n, test_n)
+
+
 def _read_options(path: Path) -> list[str] | None:
     if not path.is_file():
         return None
@@ -135,9 +169,12 @@ def _read_options(path: Path) -> list[str] | None:
 def _available(benchmark: str, data_dir: Path) -> str:
     if benchmark == "olora":
         found = [rel.split("/")[1].lower() for rel in list_olora_datasets(data_dir)]
+    elif benchmark == "superni":
+        found = list_superni_tasks(data_dir)
     else:
         found = [d.name for d in data_dir.iterdir() if (d / "train.jsonl").is_file()]
     return ", ".join(sorted(found)) or "none"
 
 
-BENCHMARKS: dict[str, Loader] = {"packaged": _load_packaged, "olora": _load_olora, "jsonl": _load_jsonl}
+BENCHMARKS: dict[str, Loader] = {"packaged": _load_packaged, "olora": _load_olora, "jsonl": _load_jsonl,
+                                  "superni": _load_superni, "hf": _load_hf}

@@ -48,23 +48,33 @@ def load_olora_task(
     """Load one O-LoRA dataset (``dataset_path`` as ``"<Type>/<dataset>"``) as the task ``name``.
 
     When ``test.json`` is missing and ``carve_test`` is a fraction in (0, 1), that fraction of train is
-    held out as test (deterministic from ``seed``) and ``info["test_carved_from_train"]`` says so.
+    held out as test (deterministic from ``seed``) and ``info["test_carved_from_train"]`` says so;
+    when only ``test.json`` exists, the other part of it becomes train (``train_carved_from_test``).
     """
     data_dir = Path(data_dir)
     task_type, dataset = dataset_path.split("/")
     folder = data_dir / task_type / dataset
     labels = _read_labels(folder / "labels.json")
     train_file, test_file = folder / "train.json", folder / "test.json"
-    train = _read_split(train_file, labels, strict=True)
-    info: dict = {"source": "olora", "dataset": dataset_path, "files": {"train": str(train_file)}}
-    if test_file.is_file() or carve_test is None:
-        test = _read_split(test_file, labels, strict=False)
+    info: dict = {"source": "olora", "dataset": dataset_path, "files": {}}
+    if carve_test is not None and not 0.0 < carve_test < 1.0:
+        raise ConfigError(f"carve_test must be a fraction between 0 and 1, got {carve_test}")
+    if not train_file.is_file() and test_file.is_file() and carve_test is not None:
+        # Only the test split exists (dbpedia in the local copy): a disjoint training part is carved out
+        # of it and the results say so. Records outside the options cannot be trained on: dropped.
+        pool = [ex for ex in _read_split(test_file, labels, strict=False) if ex.answers[0] in labels]
+        test, train = carve_split(pool, 1.0 - carve_test, seed, f"{name}:train")
         info["files"]["test"] = str(test_file)
+        info["train_carved_from_test"] = {"fraction_kept_as_test": carve_test, "seed": seed}
     else:
-        if not 0.0 < carve_test < 1.0:
-            raise ConfigError(f"carve_test must be a fraction between 0 and 1, got {carve_test}")
-        train, test = carve_split(train, carve_test, seed, f"{name}:test")
-        info["test_carved_from_train"] = {"fraction": carve_test, "seed": seed}
+        train = _read_split(train_file, labels, strict=True)
+        info["files"]["train"] = str(train_file)
+        if test_file.is_file() or carve_test is None:
+            test = _read_split(test_file, labels, strict=False)
+            info["files"]["test"] = str(test_file)
+        else:
+            train, test = carve_split(train, carve_test, seed, f"{name}:test")
+            info["test_carved_from_train"] = {"fraction": carve_test, "seed": seed}
     option_set = set(labels)
     info["test_labels_not_options"] = sum(ex.answers[0] not in option_set for ex in test)
     info["files"]["labels"] = str(folder / "labels.json")

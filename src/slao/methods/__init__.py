@@ -1,6 +1,13 @@
 """Continual-learning methods, one file each, registered by name."""
 
-from slao.methods import slao as _slao  # noqa: F401 - registers "slao"
+# Each import registers its method(s) in METHODS.
+from slao.methods import inc_lora as _inc_lora  # noqa: F401 - "inc-lora"
+from slao.methods import magmax as _magmax  # noqa: F401 - "magmax"
+from slao.methods import mtl as _mtl  # noqa: F401 - "mtl"
+from slao.methods import o_lora as _o_lora  # noqa: F401 - "o-lora"
+from slao.methods import per_task_lora as _per_task_lora  # noqa: F401 - "per-task-lora"
+from slao.methods import seq_lora as _seq_lora  # noqa: F401 - "seq-lora"
+from slao.methods import slao as _slao  # noqa: F401 - "slao"
 from slao.methods.base import METHODS, LoraWeights, Method, get_method, register
 
 __all__ = ["METHODS", "LoraWeights", "Method", "get_method", "register"]

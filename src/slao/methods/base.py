@@ -41,6 +41,8 @@ class Method:
     name = "base"
     #: True for joint training on the union of all tasks (one evaluation, at the end).
     multi_task = False
+    #: The run's task names in training order (set by the harness; for methods that name exports).
+    task_names: tuple[str, ...] = ()
 
     def __init__(self, config, lora_shapes: dict[str, tuple[int, int]], rank: int = 8):
         self.config = config

@@ -80,7 +80,10 @@ def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 @register("slao")
 class SlaoMethod(Method):
-    """State between tasks: the merged LoRA and the last fine-tuned LoRA, nothing that grows."""
+    """SLAO: orthogonal init from the last fine-tuned LoRA, merge after every task (A replaced, B interpolated).
+
+    State between tasks: the merged LoRA and the last fine-tuned LoRA, nothing that grows.
+    """
 
     def __init__(self, config, lora_shapes, rank=8):
         super().__init__(config, lora_shapes, rank)

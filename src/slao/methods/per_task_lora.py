@@ -1,0 +1,49 @@
+"""Per-task LoRA (design.md §3): an independent LoRA per task, chosen by the task's name at inference
+(an oracle: it is told which task a prompt belongs to, which the other methods are not)."""
+
+from __future__ import annotations
+
+import torch
+
+from slao.methods.base import LoraWeights, Method, register
+from slao.methods.seq_lora import clone_lora
+
+
+def folder_name(task: str) -> str:
+    """A task name usable as one sub-folder of adapter/ (no separators, not '.' or '..')."""
+    name = task.replace("/", "_").replace("\\", "_")
+    return name if name.strip(".") else f"task-{name}"
+
+
+@register("per-task-lora")
+class PerTaskLoraMethod(Method):
+    """An independent LoRA per task, picked by task name at inference (an oracle; grows a LoRA a task)."""
+
+    def __init__(self, config, lora_shapes, rank=8):
+        super().__init__(config, lora_shapes, rank)
+        self.loras: list[LoraWeights] = []  # task j (0-based) -> its LoRA
+
+    def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
+        del self.loras[i - 1 :]  # a task trained again (never in a normal run) replaces its LoRA
+        self.loras.append(clone_lora(trained))
+        return self.loras[-1]
+
+    def eval_weights(self, j: int) -> LoraWeights | None:
+        return self.loras[j] if j < len(self.loras) else None
+
+    def exports(self, deployed: LoraWeights) -> dict[str, LoraWeights]:
+        names = list(self.task_names) or [f"task-{j + 1}" for j in range(len(self.loras))]
+        # The root first: writing adapter/ replaces the whole folder, sub-folders included.
+        out = {"": deployed}
+        out.update({folder_name(names[j]): lora for j, lora in enumerate(self.loras)})
+        return out
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for j, lora in enumerate(self.loras):
+            out.update(self.flatten(f"task{j:04d}", lora))
+        return out
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        count = len({key.split("/", 1)[0] for key in tensors})
+        self.loras = [self.unflatten(f"task{j:04d}", tensors) for j in range(count)]

@@ -1,0 +1,33 @@
+"""Sequential LoRA (design.md §3): one LoRA trained on each task in turn, never merged (the lower bound)."""
+
+from __future__ import annotations
+
+import torch
+
+from slao.methods.base import LoraWeights, Method, register
+
+
+def clone_lora(weights: LoraWeights) -> LoraWeights:
+    return {name: (A.clone(), B.clone()) for name, (A, B) in weights.items()}
+
+
+@register("seq-lora")
+class SeqLoraMethod(Method):
+    """One LoRA trained on every task in turn from the previous task's LoRA; no merging (lower bound)."""
+
+    def __init__(self, config, lora_shapes, rank=8):
+        super().__init__(config, lora_shapes, rank)
+        self.lora: LoraWeights = {}
+
+    def init_lora(self, i: int, default: LoraWeights) -> LoraWeights:
+        return clone_lora(self.lora) if i > 1 and self.lora else default
+
+    def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
+        self.lora = clone_lora(trained)
+        return self.lora
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.flatten("lora", self.lora)
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.lora = self.unflatten("lora", tensors)
