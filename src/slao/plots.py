@@ -1,0 +1,214 @@
+"""PNG figures of runs and comparisons: accuracy-matrix heatmaps, seen-task average accuracy, adapter size.
+
+Every figure function takes plain results dicts (as in results.json) grouped by method, so it is tested
+without a model. Figures are drawn on matplotlib's object API with the Agg canvas: no pyplot, no global
+backend, nothing shown on screen.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from slao.metrics import seen_average
+
+DPI = 120
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h"]
+LINESTYLES = ["-", "--", "-.", ":"]
+
+
+def short_name(name: str, width: int = 16) -> str:
+    """A task name that fits a tick label; SuperNI's 'task1572_samsum_summary' keeps its number."""
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _style(k: int) -> dict:
+    # Markers and dash styles differ too, so methods with identical curves stay distinguishable.
+    return {"marker": MARKERS[k % len(MARKERS)], "linestyle": LINESTYLES[k % len(LINESTYLES)]}
+
+
+def _dodge(k: int, count: int) -> float:
+    """A small sideways shift per method, so that identical curves (common at chance level) stay visible."""
+    return (k - (count - 1) / 2) * min(0.05, 0.3 / max(count, 1))
+
+
+def _mean_std(series: Sequence[Sequence[float | None]]) -> tuple[list[float | None], list[float | None]]:
+    """Elementwise mean and sample std over runs, ignoring None; std None with fewer than two values."""
+    means, stds = [], []
+    for cells in zip(*series, strict=True):
+        vals = [v for v in cells if v is not None]
+        mean = sum(vals) / len(vals) if vals else None
+        means.append(mean)
+        stds.append(math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) >= 2 else None)
+    return means, stds
+
+
+# -- (a) accuracy matrix ------------------------------------------------------------------------------
+def accuracy_heatmap(R: Sequence[Sequence[float | None]], tasks: Sequence[str], title: str, path: Path) -> Path:
+    """Annotated heatmap of R: row = after training task i, column = task j; cells never scored are grey.
+
+    Rows with no score at all (a joint run's, an unfinished run's) are left out rather than drawn grey.
+    """
+    T = len(tasks)
+    labels = [short_name(t) for t in tasks]
+    rows = [i for i, row in enumerate(R) if any(v is not None for v in row)] or list(range(T))
+    joint = T > 1 and rows == [T - 1] and all(v is not None for v in R[T - 1])
+    names = ["all tasks, jointly"] if joint else [f"{i + 1}. {labels[i]}" for i in rows]
+    cells = [[np.nan if v is None else v for v in R[i]] for i in rows]
+    data = np.ma.masked_invalid(np.array(cells, dtype=float))
+    fig = _figure(max(5.5, 2.8 + 0.8 * T), max(3.0, 2.2 + 0.55 * len(rows)))
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"].with_extremes(bad="#dddddd")
+    im = ax.imshow(data, cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    size = 9 if T <= 6 else 7.5 if T <= 10 else 6.5
+    for y, i in enumerate(rows):
+        for j in range(T):
+            v = R[i][j]
+            if v is not None:
+                # viridis is dark at the low end: light text there, dark text on the yellow end.
+                ax.text(j, y, f"{v:.1f}", ha="center", va="center", fontsize=size,
+                        color="white" if v < 60 else "black")
+    ax.set_xticks(range(T), labels, rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    ax.set_xlabel("task scored (grey: not evaluated)")
+    ax.set_ylabel("after training" if joint else "after training task")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label="accuracy (%)", fraction=0.05, pad=0.03)
+    return _save(fig, path)
+
+
+# -- (b) average accuracy over the tasks seen so far ---------------------------------------------------
+def seen_average_figure(runs: dict[str, Sequence[dict]], title: str, path: Path) -> Path:
+    """One line per method: mean over seeds of the seen-task average after each task, ±std band."""
+    tasks = _tasks(runs)
+    T = len(tasks)
+    x = np.arange(1, T + 1)
+    fig = _figure(max(8.0, 5.0 + 0.45 * T), 4.6)
+    ax = fig.add_subplot()
+    plotted: list[float] = []
+    seed_counts = sorted({len(rs) for rs in runs.values() if rs})
+    for k, (name, results) in enumerate(runs.items()):
+        if not results:
+            continue
+        seeds = len(results)
+        mean, std = _mean_std([seen_average(r["accuracy"]) for r in results])
+        idx = [i for i, v in enumerate(mean) if v is not None]
+        label = name if len(seed_counts) == 1 else f"{name} ({seeds} seed{'s' * (seeds > 1)})"
+        shift = _dodge(k, len(runs))
+        if len(idx) == 1:  # a joint (multi-task) run has one evaluation, after all tasks
+            i = idx[0]
+            line = ax.plot([x[i] + shift], [mean[i]], marker="*", markersize=14, linestyle="none",
+                           label=f"{label}: one evaluation, after all tasks")[0]
+            if std[i] is not None:
+                ax.errorbar([x[i] + shift], [mean[i]], yerr=[std[i]], color=line.get_color(), capsize=4)
+        elif idx:
+            xs, ys = x[idx] + shift, np.array([mean[i] for i in idx])
+            line = ax.plot(xs, ys, label=label, markersize=5, **_style(k))[0]
+            sd = np.array([std[i] if std[i] is not None else 0.0 for i in idx])
+            if seeds > 1:
+                ax.fill_between(xs, ys - sd, ys + sd, color=line.get_color(), alpha=0.18, linewidth=0)
+        plotted += [mean[i] + (std[i] or 0) for i in idx] + [mean[i] - (std[i] or 0) for i in idx]
+    lo, hi = (min(plotted), max(plotted)) if plotted else (0.0, 100.0)
+    # at least a 10-point window inside 0..100, plus room for markers sitting on 0 or 100
+    pad = max(2.0, 0.1 * (hi - lo))
+    lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
+    hi = max(hi, lo + 10.0)
+    ax.set_ylim(lo - 1.5, hi + 1.5)
+    ax.set_yticks([t for t in ax.get_yticks() if 0 <= t <= 100])  # no negative accuracy on the axis
+    ax.set_xlim(0.6, T + 0.4)
+    ax.set_xticks(x, [f"{i}. {short_name(t)}" for i, t in zip(x, tasks, strict=True)],
+                  rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_xlabel("after training task")
+    ax.set_ylabel("average accuracy on tasks seen (%)")
+    many = max(seed_counts, default=1) > 1
+    ax.set_title(title + ("\nmean over seeds, band ± std" if many else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+# -- (c) adapter state size ------------------------------------------------------------------------------
+def state_size_figure(runs: dict[str, Sequence[dict]], title: str, path: Path) -> Path:
+    """Adapter state kept by each method after each task (first seed; sizes do not depend on it)."""
+    tasks = _tasks(runs)
+    T = len(tasks)
+    sizes = {name: rs[0].get("adapter_state_bytes") or [None] * T for name, rs in runs.items() if rs}
+    biggest = max((v for s in sizes.values() for v in s if v is not None), default=0)
+    scale, unit = (1e6, "MB") if biggest >= 1e6 else (1e3, "KB")
+    fig = _figure(7.5, 4.4)
+    ax = fig.add_subplot()
+    for k, (name, seq) in enumerate(sizes.items()):
+        idx = [i for i, v in enumerate(seq) if v is not None]
+        xs = [i + 1 for i in idx]
+        ys = [seq[i] / scale for i in idx]
+        # Sizes are often identical between methods: earlier methods get bigger markers and wider lines,
+        # so that the ones drawn over them leave a visible rim instead of hiding them.
+        big = max(4.0, 11.0 - 1.2 * k)
+        if len(idx) == 1:
+            ax.plot(xs, ys, marker="*", markersize=big + 5, linestyle="none", label=f"{name}, after all tasks")
+        elif idx:
+            ax.plot(xs, ys, label=name, markersize=big, linewidth=max(1.0, 3.0 - 0.3 * k), **_style(k))
+    ax.set_xlim(0.6, T + 0.4)
+    ax.set_xticks(range(1, T + 1))
+    ax.set_ylim(bottom=0, top=biggest / scale * 1.12 if biggest else 1)
+    ax.set_xlabel("number of tasks learned")
+    ax.set_ylabel(f"adapter state ({unit})")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+# -- all of them ---------------------------------------------------------------------------------------
+def _tasks(runs: dict[str, Sequence[dict]]) -> list[str]:
+    for results in runs.values():
+        if results:
+            return list(results[0]["tasks"])
+    return []
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def write_figures(runs: dict[str, Sequence[dict]], folder: Path, context: str) -> list[Path]:
+    """The three kinds of figures for the runs (method -> results of each seed) into ``folder``."""
+    from slao.compare import mean_matrix
+
+    folder = Path(folder)
+    tasks = _tasks(runs)
+    paths = []
+    for name, results in runs.items():
+        if not results:
+            continue
+        seeds = [r["seed"] for r in results]
+        which = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))}"
+        paths.append(accuracy_heatmap(mean_matrix([r["accuracy"] for r in results]), tasks,
+                                      f"{name}: accuracy matrix ({which})\n{context}",
+                                      folder / f"accuracy-{_safe(name)}.png"))
+    paths.append(seen_average_figure(runs, f"Average accuracy on the tasks seen so far\n{context}",
+                                     folder / "seen-average.png"))
+    paths.append(state_size_figure(runs, f"Adapter state kept between tasks\n{context}",
+                                   folder / "adapter-state.png"))
+    return paths

@@ -1,0 +1,111 @@
+"""slao report on hand-made run and comparison folders (no model): the tables printed, the three kinds of
+PNG figures, and clear errors for a path that is neither."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slao.cli import main
+from slao.compare import aggregate, config_summary, write_comparison
+from slao.config import build_config
+from slao.errors import DataError, SlaoError
+from slao.metrics import all_metrics
+from slao.plots import _mean_std, short_name
+from slao.report import comparison_table, mean_results, report_path, results_table
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TASKS = ["bbc-topic", "task1572_samsum_summary", "rt-subjectivity"]
+
+
+def _results(method, seed, R, sizes):
+    zero = [10.0, 20.0, 30.0]
+    return {"method": method, "model": "tiny-random(seed=0)", "benchmark": "packaged", "seed": seed,
+            "tasks": TASKS, "finished": True, "accuracy": R, "zero_shot": zero,
+            "metrics": all_metrics(R, zero), "adapter_state_bytes": sizes,
+            "train_seconds": [1.0, 1.5, 2.0], "eval_seconds": [0.1, 0.2, 0.3],
+            "task_info": {t: {"metric": "exact", "train": 32, "test": 16} for t in TASKS}}
+
+
+def _seq(seed):
+    d = 5.0 * seed
+    return _results("slao", seed, [[80.0 + d, None, None], [70.0, 90.0 - d, None], [60.0, 85.0, 75.0 + d]],
+                    [28_000, 28_000, 28_000])
+
+
+def _mtl(seed):
+    return _results("mtl", seed, [[None] * 3, [None] * 3, [82.0, 88.0 - seed, 79.0]], [None, None, 14_000])
+
+
+def _check_pngs(folder, names, printed):
+    for name in names:
+        path = folder / "figures" / name
+        data = path.read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, name
+        assert str(path) in printed
+
+
+def test_report_of_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(_seq(0)))
+    assert main(["report", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "slao on tiny-random(seed=0)" in printed and "zero-shot" in printed
+    _check_pngs(run, ["accuracy-slao.png", "seen-average.png", "adapter-state.png"], printed)
+    assert sorted(p.name for p in (run / "figures").iterdir()) == [
+        "accuracy-slao.png", "adapter-state.png", "seen-average.png"]
+
+
+def test_report_of_a_comparison(tmp_path, capsys):
+    runs = {"slao": [_seq(0), _seq(1)], "mtl": [_mtl(0), _mtl(1)]}
+    for name, rs in runs.items():
+        for r in rs:
+            folder = tmp_path / name / f"seed-{r['seed']}"
+            folder.mkdir(parents=True)
+            (folder / "results.json").write_text(json.dumps(r))
+    summary = config_summary(build_config(), list(runs), [0, 1], TASKS)
+    write_comparison(tmp_path, aggregate(runs, {**summary, "runs_done": 4, "runs_total": 4}))
+    paths = report_path(tmp_path, echo=lambda *a: None)
+    assert len(paths) == 4
+    assert main(["report", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "slao" in printed and "mtl" in printed
+    assert "mean over seeds 0, 1" in printed and "noise:" in printed
+    _check_pngs(tmp_path, ["accuracy-slao.png", "accuracy-mtl.png", "seen-average.png", "adapter-state.png"],
+                printed)
+    (tmp_path / "mtl" / "seed-1" / "results.json").unlink()
+    with pytest.raises(DataError, match="seed-1"):
+        report_path(tmp_path, echo=lambda *a: None)
+
+
+def test_report_of_neither_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SlaoError, match="neither a run folder"):
+        report_path(tmp_path)
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_comparison_table_and_mean_results():
+    runs = {"slao": [_seq(0), _seq(1)], "mtl": [_mtl(0)]}
+    comp = aggregate(runs, {"model": "tiny-random", "benchmark": "packaged", "seeds": [0, 1],
+                            "runs_done": 3, "runs_total": 4})
+    text = comparison_table(comp)
+    rows = [line for line in text.splitlines() if line.startswith(("slao", "mtl"))]
+    assert len(rows) == 2 and "28.0 KB" in rows[0] and "14.0 KB" in rows[1]
+    aa = [r["metrics"]["aa"] for r in runs["slao"]]
+    assert f"{sum(aa) / 2:.1f} ± " in rows[0] and "3 of 4 runs" in text
+    mean = mean_results("slao", runs["slao"])
+    assert mean["accuracy"][0] == [82.5, None, None] and mean["seed_label"] == "mean over seeds 0, 1"
+    assert mean["model"] == "tiny-random"
+    assert mean["metrics"]["forgetting"] == pytest.approx(
+        sum(r["metrics"]["forgetting"] for r in runs["slao"]) / 2)
+    assert "82.5" in results_table(mean)
+
+
+def test_plot_helpers():
+    assert short_name("bbc-topic") == "bbc-topic"
+    assert short_name("task1572_samsum_summary") == "task1572_samsum…" and len(short_name("x" * 40)) == 16
+    mean, std = _mean_std([[1.0, None, 4.0], [3.0, None, None]])
+    assert mean == [2.0, None, 4.0] and std[0] == pytest.approx(2 ** 0.5) and std[1:] == [None, None]
