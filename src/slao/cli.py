@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from slao.errors import SlaoError
@@ -19,14 +20,17 @@ DEMO_SETTINGS = {
 }
 
 
-def _run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help="method name (slao list shows them)")
+def _run_flags(p: argparse.ArgumentParser, single: bool = True) -> None:
+    if single:  # slao compare takes --methods and --seeds instead
+        p.add_argument("--method", help="method name (slao list shows them)")
     p.add_argument("--model", help="tiny-random | smollm2-135m | a local folder | a hub id")
     p.add_argument("--benchmark", help="benchmark name (slao list shows them)")
     p.add_argument("--order", type=int, help="task order of the benchmark")
     p.add_argument("--tasks", help="comma-separated task names, in training order")
+    p.add_argument("--exclude", help="comma-separated task names to leave out of the order (e.g. yahoo)")
     p.add_argument("--data-dir", help="folder holding the benchmark's files")
-    p.add_argument("--seed", type=int, help="seed (same as --set seed=N)")
+    if single:
+        p.add_argument("--seed", type=int, help="seed (same as --set seed=N)")
     p.add_argument("--config", help="YAML file of settings (slao config lists them)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
@@ -43,6 +47,8 @@ def _flag_layer(args) -> dict:
         layer["method"] = {"name": args.method}
     if getattr(args, "tasks", None):
         layer["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if getattr(args, "exclude", None):
+        layer["exclude"] = [t.strip() for t in args.exclude.split(",") if t.strip()]
     if getattr(args, "trust_remote_code", False):
         layer["trust_remote_code"] = True
     return layer
@@ -72,6 +78,8 @@ def cmd_run(args) -> int:
         raise SlaoError("slao run needs --output RUN (or --resume RUN)")
     base = None
     if args.resume:
+        if args.output and Path(args.output) != out:
+            raise SlaoError(f"give the run folder once: --resume {args.resume} or --output {args.output}, not both")
         cfg_file = out / "config.yaml"
         if not cfg_file.exists():
             raise SlaoError(f"{out} holds no run to resume (no config.yaml)")
@@ -98,6 +106,26 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from slao.compare import parse_methods, parse_seeds, run_comparison
+    from slao.report import comparison_table
+
+    methods = parse_methods(args.methods)  # every name checked before anything runs
+    cfg = build_from_args(args)
+    seeds = parse_seeds(args.seeds, default=cfg.seed)
+    comp = run_comparison(cfg, methods, seeds, Path(args.output))
+    print(comparison_table(comp))
+    print(f"comparison folder: {args.output} (comparison.json, comparison.md); figures: slao report {args.output}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from slao.report import report_path
+
+    report_path(args.path)
+    return 0
+
+
 def cmd_list(args) -> int:
     from slao.data import PACKAGED_TASKS
     from slao.methods.base import METHODS, get_method
@@ -111,6 +139,8 @@ def cmd_list(args) -> int:
     print("benchmarks:")
     for name, spec in BENCHMARK_ORDERS.items():
         print(f"  {name:15s} {spec['about']}")
+        if spec.get("data"):
+            print(f"    data: {spec['data']}")
         for order, tasks in spec["orders"].items():
             print(f"    order {order}: {', '.join(tasks)}")
     print("packaged tasks:\n  " + ", ".join(PACKAGED_TASKS))
@@ -152,6 +182,15 @@ def make_parser() -> argparse.ArgumentParser:
     _run_flags(p)
     p.add_argument("--output", default="runs/demo", help="run folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("compare", help="run several methods over seeds under one config, side by side")
+    _run_flags(p, single=False)
+    p.add_argument("--methods", required=True, help="comma-separated method names (slao list shows them)")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the config's seed)")
+    p.add_argument("--output", required=True, help="comparison folder: DIR/<method>/seed-<n>/ and comparison.*")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("report", help="print the tables of a run or comparison folder and draw its figures")
+    p.add_argument("path", help="a run folder (slao run) or a comparison folder (slao compare)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list methods, benchmarks and tasks")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("config", help="list every setting with its default and meaning")
@@ -161,6 +200,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Deprecation notices raised inside PEFT/transformers, not actionable by a user of slao.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -168,10 +209,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slao: error: {err}", file=sys.stderr)
         return err.exit_status
     except KeyboardInterrupt:
-        target = getattr(args, "output", None) or getattr(args, "resume", None)
-        hint = f" Continue with: slao run --resume {target}" if target else ""
-        print(f"\nslao: interrupted; finished tasks are kept in their checkpoint.{hint}", file=sys.stderr)
+        print(f"\nslao: interrupted. {_interrupt_hint(args)}", file=sys.stderr, flush=True)
         return 130
+
+
+def _interrupt_hint(args) -> str:
+    """Where the finished work is and the command that continues it (checkpoints are never half-written)."""
+    if args.command == "compare":
+        return "Finished runs and tasks are kept; run the same slao compare command again to continue."
+    target = getattr(args, "resume", None) or getattr(args, "output", None)
+    if args.command not in ("run", "demo") or not target:
+        return "Nothing was left half-written."
+    from slao.checkpoint import latest
+
+    if not (Path(target) / "config.yaml").exists():
+        return "The run had not started; run the same command again."
+    last = latest(Path(target))
+    kept = f"The checkpoint {last} is kept" if last else "No task had finished yet"
+    return f"{kept}; continue with: slao run --resume {target}"
 
 
 if __name__ == "__main__":

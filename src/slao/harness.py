@@ -6,14 +6,16 @@ A run resumes after its last finished task; a finished run is not run again.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 
 import slao
 from slao import checkpoint
@@ -28,6 +30,15 @@ from slao.train import train_task
 
 # Settings that cannot change a run's numbers; everything else must match to resume.
 NEUTRAL_KEYS = {"train.log_every"}
+
+
+def make_accelerator() -> Accelerator:
+    """The run's Accelerator. Accelerate joins several CPU processes (torchrun, mpirun) into one job only
+    when asked for the CPU; otherwise each process would run alone, believe it is the main one, and
+    they would overwrite each other's files."""
+    device = torch.accelerator.current_accelerator()
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=several and (device is None or device.type == "mps"))
 
 
 def versions() -> dict[str, str | None]:
@@ -59,27 +70,66 @@ def config_differences(old: dict, new: dict) -> list[str]:
             if k not in NEUTRAL_KEYS and a.get(k) != b.get(k)]
 
 
+def tasks_sha256(tasks) -> str:
+    """One hash of every task's name, prompt frame, metric and examples: a resume must see the same data."""
+    h = hashlib.sha256()
+    for t in tasks:
+        record = [t.name, t.prefix, t.suffix, t.options, t.metric,
+                  [[x.text, list(x.answers)] for x in t.train], [[x.text, list(x.answers)] for x in t.test]]
+        h.update(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
+
+
+def run_meta(cfg: RunConfig, tasks, model_id: str) -> dict[str, str]:
+    """What a checkpoint must have been written for to be resumed by this run."""
+    return {"method": cfg.method.name, "base_model": model_id, "tasks": ",".join(t.name for t in tasks),
+            "tasks_sha256": tasks_sha256(tasks)}
+
+
+def resume_point(cfg: RunConfig, out: Path, meta: dict[str, str]) -> checkpoint.Loaded | None:
+    """The verified latest checkpoint of the run folder ``out``, or None when it has none.
+
+    Refuses (ConfigError, listing every difference) a checkpoint made with settings that change results,
+    and (CheckpointError) one that is truncated or was written for another method, model or data.
+    """
+    folder = checkpoint.latest(out)
+    if folder is None:
+        return None
+    progress = checkpoint.read_progress(folder)
+    diffs = config_differences(progress.get("config") or {}, to_dict(cfg))
+    if diffs:
+        raise ConfigError(
+            f"{out} holds a run with another configuration; refusing to resume it. "
+            "Differences (old -> new):\n  " + "\n  ".join(diffs)
+            + f"\nUse another --output folder, run with the original settings (slao run --resume {out}), "
+            f"or delete {out} to start over."
+        )
+    return checkpoint.load(folder, meta)
+
+
 class Run:
     """One method on one task sequence, writing into ``out``."""
 
     def __init__(self, cfg: RunConfig, out: str | Path, tasks, model, tokenizer, model_id: str,
                  accelerator: Accelerator | None = None, echo=print):
         self.cfg, self.out, self.tasks = cfg, Path(out), tasks
-        self.acc = accelerator or Accelerator()
+        self.acc = accelerator or make_accelerator()
         self.main = self.acc.is_main_process
         self.echo = echo if self.main else (lambda *a, **k: None)
         self.tok, self.model_id = tokenizer, model_id
         self.names = [t.name for t in tasks]
         self.adapter = LoraAdapter(model.to(self.acc.device), cfg.lora)
         self.method = get_method(cfg.method.name)(cfg.method, self.adapter.shapes(), cfg.lora.r)
+        self.method.task_names = tuple(self.names)
         encoders = [TaskEncoder(tokenizer, t, cfg.data.max_prompt_tokens) for t in tasks]
         self.train_data = [[e.train_example(x) for x in t.train] for e, t in zip(encoders, tasks, strict=True)]
         self.test_prompts = [[e.prompt(x) for x in t.test] for e, t in zip(encoders, tasks, strict=True)]
         T = len(tasks)
         self.progress = {"accuracy": [[None] * T for _ in range(T)], "zero_shot": None,
                          "adapter_state_bytes": [None] * T, "train_seconds": [None] * T,
-                         "eval_seconds": [None] * T, "train_steps": [None] * T, "train_tokens": [None] * T}
-        self.meta = {"method": cfg.method.name, "base_model": model_id, "tasks": ",".join(self.names)}
+                         "eval_seconds": [None] * T, "train_steps": [None] * T, "train_tokens": [None] * T,
+                         "data_order": [None] * T}
+        self.meta = run_meta(cfg, tasks, model_id)
         self.predictions: dict[str, list[str]] = {}
 
     # -- files --------------------------------------------------------------------------------------
@@ -96,7 +146,7 @@ class Run:
         p = self.progress
         return {
             "method": self.cfg.method.name, "model": self.model_id, "benchmark": self.cfg.benchmark,
-            "seed": self.cfg.seed, "tasks": self.names, "finished": finished,
+            "seed": self.cfg.seed, "tasks": self.names, "excluded": list(self.cfg.exclude), "finished": finished,
             "num_processes": self.acc.num_processes,
             "task_info": {t.name: {"metric": t.metric, "train": len(t.train), "test": len(t.test), **t.info}
                           for t in self.tasks},
@@ -110,29 +160,32 @@ class Run:
 
     # -- resume ---------------------------------------------------------------------------------------
     def _restore(self) -> int:
-        """Load the latest checkpoint if any; return the number of finished tasks."""
-        folder = checkpoint.latest(self.out)
-        if folder is None:
+        """Load the latest checkpoint if any (method state, LoRA, scores, RNG); return the tasks done."""
+        loaded = resume_point(self.cfg, self.out, self.meta)
+        if loaded is None:
             return 0
-        config_file = self.out / "config.yaml"
-        if config_file.exists():
-            import yaml
-
-            old = yaml.safe_load(config_file.read_text()) or {}
-            diffs = config_differences(old, to_dict(self.cfg))
-            if diffs:
-                raise ConfigError(
-                    f"{self.out} holds a run with another configuration; refusing to resume it. "
-                    "Differences (old -> new):\n  " + "\n  ".join(diffs)
-                    + "\nUse another --output folder, or run with the original settings."
-                )
-        progress, state, deploy = checkpoint.load(folder, self.meta)
+        progress = loaded.progress
         self.progress = {k: progress[k] for k in self.progress}
-        self.method.load_state(state)
-        self.adapter.set(self.method.unflatten("deploy", deploy))
-        done = progress["tasks_done"]
-        self.echo(f"resuming {self.out} after task {done} of {len(self.tasks)} ({self.names[done - 1]})")
-        return done
+        self.predictions = dict(progress["predictions"])
+        self.method.load_state(loaded.state)
+        self.adapter.set(self.method.unflatten("deploy", loaded.deploy))
+        # Dropout draws from the global generator: continue its stream where the finished task left it.
+        checkpoint.set_rng_state(checkpoint.unpack_rng(loaded.rng, self.acc.process_index))
+        return progress["tasks_done"]
+
+    def _trim_log(self, done: int) -> None:
+        """Drop train_log lines of tasks after the checkpoint (an interrupted task is trained again)."""
+        path = self.out / "train_log.jsonl"
+        if not (self.main and path.exists()):
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["task_index"] <= done:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):  # a line cut by a kill
+                continue
+        checkpoint.write_atomic(path, "".join(kept))
 
     # -- the run -----------------------------------------------------------------------------------
     def evaluate_row(self, upto: int, label: str) -> tuple[list[float | None], float]:
@@ -172,6 +225,7 @@ class Run:
         self.progress["train_seconds"][k] = round(stats["seconds"], 3)
         self.progress["train_steps"][k] = stats["steps"]
         self.progress["train_tokens"][k] = stats["tokens"]
+        self.progress["data_order"][k] = stats.get("data_order")
         self.echo(f"task {i}/{len(self.tasks)} {name}: {stats['steps']} steps in {stats['seconds']:.1f}s, "
                   f"final loss {stats['final_loss']:.4f}")
 
@@ -185,30 +239,34 @@ class Run:
         self.progress["eval_seconds"][k] = round(seconds, 3)
         self.echo(f"after task {i}: " + ", ".join(
             f"{n} {v:.1f}" for n, v in zip(self.names, row, strict=True) if v is not None))
+        mine = checkpoint.rng_state()
+        every = gather_object([mine]) if self.acc.num_processes > 1 else [mine]  # all processes take part
         if self.main:
-            checkpoint.save(self.out, i, self.progress, self.method.state(),
-                            self.method.flatten("deploy", deploy), self.meta)
+            body = {**self.progress, "predictions": self.predictions, "config": to_dict(self.cfg)}
+            checkpoint.save(self.out, i, body, self.method.state(), self.method.flatten("deploy", deploy),
+                            self.meta, rng=checkpoint.pack_rng(every))
             self._write_json("results.json", self.results(finished=False))
         self.acc.wait_for_everyone()
 
     def execute(self) -> dict:
-        results_file = self.out / "results.json"
-        if results_file.exists() and checkpoint.latest(self.out) is not None:
-            done = json.loads(results_file.read_text())
-            if done.get("finished"):
-                self._restore()  # refuses a different configuration
+        T = len(self.tasks)
+        set_seed(self.cfg.seed)  # before _restore, which puts back the RNG state of the checkpoint
+        start = self._restore()  # refuses a different configuration, method, model or data
+        if start == T:
+            done = self._stored_results()
+            if done is not None:
                 self.echo(f"{self.out} is already finished; nothing to do")
                 return done
+        if start:
+            self.echo(f"resuming {self.out} after task {start} of {T} ({self.names[start - 1]})")
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self._trim_log(start)
         self.acc.wait_for_everyone()
-        start = self._restore()
         if self.main:
             checkpoint.write_atomic(self.out / "config.yaml", dump_yaml(self.cfg))
-        set_seed(self.cfg.seed)
         if self.cfg.eval.zero_shot and self.progress["zero_shot"] is None:
             self.zero_shot()
-        T = len(self.tasks)
         if self.method.multi_task:
             if start == 0:
                 union = [x for data in self.train_data for x in data]
@@ -221,6 +279,14 @@ class Run:
                 deploy = self.method.after_task(i, self.adapter.get())
                 self._finish_task(i, deploy)
         return self._finalize()
+
+    def _stored_results(self) -> dict | None:
+        """results.json of a finished run, or None (not finished, or unreadable: then finalize again)."""
+        try:
+            done = json.loads((self.out / "results.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return done if isinstance(done, dict) and done.get("finished") else None
 
     def _finalize(self) -> dict:
         deployed = self.adapter.get()
@@ -241,17 +307,16 @@ class Run:
 
 def run_experiment(cfg: RunConfig, out: str | Path, echo=print) -> dict:
     """Load the model and tasks that ``cfg`` names and run them into ``out``."""
-    from slao.data import load_tasks
     from slao.models import load_model, model_id
-    from slao.tasks import benchmark_source, resolve_task_names
+    from slao.tasks import load_benchmark
 
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     start = time.perf_counter()
-    names = resolve_task_names(cfg)
-    tasks = load_tasks(benchmark_source(cfg.benchmark), names, cfg.data_dir, cfg.seed, cfg.data.train_per_task,
-                       cfg.data.test_per_task, cfg.data.carve_test)
+    tasks = load_benchmark(cfg)
+    base = model_id(cfg.model, seed=cfg.seed)
+    resume_point(cfg, Path(out), run_meta(cfg, tasks, base))  # refuse a bad resume before loading the model
     model, tokenizer = load_model(cfg.model, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
-    run = Run(cfg, out, tasks, model, tokenizer, model_id(cfg.model, seed=cfg.seed), accelerator, echo)
+    run = Run(cfg, out, tasks, model, tokenizer, base, accelerator, echo)
     results = run.execute()
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     return results
