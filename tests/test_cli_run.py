@@ -60,10 +60,14 @@ def test_run_folder_has_everything(finished_run):
     R = results["accuracy"]
     assert len(R) == T and all(len(row) == T for row in R)
     for i, row in enumerate(R):
-        assert all(v is not None and 0 <= v <= 100 for v in row[: i + 1])
-        assert all(v is None for v in row[i + 1 :])
+        # with zero-shot scoring on, the next (not yet learned) task is scored too, for forward transfer
+        seen = min(i + 2, T)
+        assert all(v is not None and 0 <= v <= 100 for v in row[:seen])
+        assert all(v is None for v in row[seen:])
     assert len(results["zero_shot"]) == T
     assert set(results["metrics"]) == {"aa", "bwt", "forgetting", "fwt"}
+    fwt = sum(R[j - 1][j] - results["zero_shot"][j] for j in range(1, T)) / (T - 1)
+    assert results["metrics"]["fwt"] == pytest.approx(fwt)
     assert results["metrics"]["aa"] == pytest.approx(sum(R[-1]) / T)
     assert all(results["versions"][k] for k in ("slao", "torch", "transformers", "peft"))
     assert len(results["train_seconds"]) == T and len(results["eval_seconds"]) == T

@@ -64,10 +64,16 @@ def build_from_args(args, base: dict | None = None):
     return build_config(*layers)
 
 
+def _is_main_process() -> bool:
+    """Under torchrun every process runs the CLI; only the first prints the summary."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _print_table(results: dict) -> None:
     from slao.report import results_table
 
-    print(results_table(results))
+    if _is_main_process():
+        print(results_table(results))
 
 
 def cmd_run(args) -> int:
@@ -89,7 +95,8 @@ def cmd_run(args) -> int:
     cfg = build_from_args(args, base)
     results = run_experiment(cfg, out)
     _print_table(results)
-    print(f"run folder: {out}")
+    if _is_main_process():
+        print(f"run folder: {out}")
     return 0
 
 
@@ -102,7 +109,8 @@ def cmd_demo(args) -> int:
           f"{cfg.data.train_per_task} training examples a task; output in {out}", flush=True)
     results = run_experiment(cfg, out)
     _print_table(results)
-    print(f"wall time {results.get('wall_seconds', 0):.0f} s; run folder: {out}")
+    if _is_main_process():
+        print(f"wall time {results.get('wall_seconds', 0):.0f} s; run folder: {out}")
     return 0
 
 

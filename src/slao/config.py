@@ -52,7 +52,7 @@ class TrainConfig:
     lr_schedule: str = _f("constant", "constant | linear (decay to 0 over the task)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     epochs: float = _f(1.0, "passes over each task's training examples")
-    batch_size: int = _f(8, "examples per optimiser step and process, before accumulation")
+    batch_size: int = _f(8, "examples per optimiser step, over all processes and micro-batches (the global batch)")
     grad_accum: int = _f(1, "micro-batches accumulated per optimiser step")
     max_grad_norm: float | None = _f(1.0, "gradient clipping norm; null turns it off")
     bf16: bool = _f(False, "bf16 autocast for training")
@@ -65,6 +65,7 @@ class EvalConfig:
     batch_size: int = _f(32, "prompts per generation batch")
     max_new_tokens: int = _f(50, "most tokens generated per answer (greedy)")
     zero_shot: bool = _f(False, "also score the untrained model on every task (needed for FWT)")
+    bf16: bool = _f(False, "bf16 autocast for generation (faster on CPUs with bf16 units; may flip near-ties)")
 
 
 @dataclass

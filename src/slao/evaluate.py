@@ -36,22 +36,27 @@ def generate(model, tokenizer, prompts: list[list[int]], cfg: EvalConfig, desc: 
     batches = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
     for batch in tqdm(batches, desc=desc or "eval", disable=not show, leave=False, dynamic_ncols=True):
         ids, mask = left_pad([prompts[k] for k in batch], tokenizer.pad_token_id)
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=cfg.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+        with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
+            out = _greedy(model, tokenizer, ids.to(device), mask.to(device), cfg.max_new_tokens)
         new = out[:, ids.shape[1] :]
         for k, row in zip(batch, new, strict=True):
             answers[k] = tokenizer.decode(row, skip_special_tokens=True).strip()
     return answers
+
+
+def _greedy(model, tokenizer, ids, mask, max_new_tokens):
+    return model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
 
 
 def score(task: Task, predictions: list[str]) -> float:

@@ -234,6 +234,8 @@ class Run:
         self.progress["adapter_state_bytes"][k] = self.method.state_bytes()
         self.adapter.set(deploy)
         upto = len(self.tasks) if self.method.multi_task else i
+        if self.cfg.eval.zero_shot and not self.method.multi_task and i < len(self.tasks):
+            upto = i + 1  # the next, not yet learned task too: forward transfer needs R[i-1][i]
         row, seconds = self.evaluate_row(upto, f"after {i}")
         self.progress["accuracy"][k] = row
         self.progress["eval_seconds"][k] = round(seconds, 3)

@@ -7,6 +7,7 @@ token of the global batch, so one process and several give the same update.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -15,11 +16,12 @@ from collections.abc import Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from slao.config import TrainConfig
 from slao.encoding import IGNORE, Encoded, training_batch
-from slao.errors import SlaoError
+from slao.errors import ConfigError, SlaoError
 from slao.lora import LoraAdapter
 from slao.methods.base import Method
 
@@ -96,6 +98,22 @@ def _freeze_leading(params, k: int):
     return handles
 
 
+def check_backend(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    """Refuse the launch set-ups this loop cannot run right (docs/distributed.md).
+
+    FSDP shards the parameters, but the harness reads, writes and evaluates the LoRA on every process's
+    own full copy of the model. DeepSpeed steps its optimiser inside every backward pass, so micro-batches
+    accumulated here would each become an optimiser step.
+    """
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        raise ConfigError("FSDP shards the model's parameters, which slao's harness does not support; launch "
+                          "with DDP (accelerate_configs/ddp.yaml, or torchrun) or DeepSpeed ZeRO-2 instead")
+    if kind == DistributedType.DEEPSPEED and cfg.grad_accum > 1:
+        raise ConfigError(f"train.grad_accum={cfg.grad_accum} does not work under DeepSpeed (it steps the "
+                          "optimiser after every micro-batch); set train.grad_accum=1")
+
+
 def train_task(
     accelerator: Accelerator,
     adapter: LoraAdapter,
@@ -113,6 +131,7 @@ def train_task(
     bf16 autocast is applied here rather than through Accelerate's mixed precision, which would wrap
     the model's forward for good and make evaluation run in bf16 too.
     """
+    check_backend(accelerator, cfg)
     data_seed = seed * 100_003 + i
     generator = torch.Generator().manual_seed(data_seed)
     batches = step_batches(len(examples), cfg, generator, [len(e.prompt) + len(e.answer) for e in examples])
@@ -131,6 +150,7 @@ def train_task(
     bar = tqdm(total=len(batches), desc=f"train {i}:{task_name}", disable=not accelerator.is_main_process,
                dynamic_ncols=True, leave=False)
     start, tokens_seen, loss_value = time.perf_counter(), 0, float("nan")
+    recent: collections.deque = collections.deque(maxlen=11)
     for step, batch in enumerate(batches, 1):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(cfg, step - 1, len(batches))
@@ -177,7 +197,9 @@ def train_task(
                     A[:frozen].copy_(frozen_copy[name][0])
                     B[:, :frozen].copy_(frozen_copy[name][1])
         elapsed = time.perf_counter() - start
-        tok_s = tokens_seen / max(elapsed, 1e-9)
+        recent.append((elapsed, tokens_seen))  # the rate over the last steps, not since the task began
+        (t0, n0), (t1, n1) = recent[0], recent[-1]
+        tok_s = (n1 - n0) / max(t1 - t0, 1e-9) if len(recent) > 1 else tokens_seen / max(elapsed, 1e-9)
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:.0f}")
         bar.update(1)
         if step % cfg.log_every == 0 or step == len(batches):
