@@ -153,3 +153,23 @@ def test_console_script_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "slao: error:" in proc.stderr
+
+
+def test_slao_eval_scores_the_exported_adapter_like_the_run(finished_run, tmp_path):
+    data, out = finished_run
+    scores_file = tmp_path / "scores.json"
+    code = main(["eval", "--adapter", str(out / "adapter"), "--model", "tiny-random", "--benchmark", "jsonl",
+                 "--data-dir", str(data), "--tasks", TASKS, "--output", str(scores_file),
+                 "--set", "eval.max_new_tokens=4"])
+    assert code == 0
+    scores = json.loads(scores_file.read_text())["scores"]
+    final_row = json.loads((out / "results.json").read_text())["accuracy"][-1]
+    assert [scores[name] for name in TASKS.split(",")] == final_row
+
+
+def test_slao_eval_refuses_an_adapter_of_another_base_model(finished_run, capsys):
+    data, out = finished_run
+    code = main(["eval", "--adapter", str(out / "adapter"), "--model", "tiny-random", "--seed", "1",
+                 "--benchmark", "jsonl", "--data-dir", str(data), "--tasks", TASKS])
+    assert code == 2
+    assert "tiny-random(seed=0)" in capsys.readouterr().err

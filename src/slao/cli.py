@@ -114,6 +114,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from slao.deploy import evaluate_adapter
+
+    cfg = build_from_args(args)
+    result = evaluate_adapter(cfg, args.adapter, args.output)
+    if _is_main_process():
+        print(f"average over {len(result['scores'])} tasks: {result['average']:.1f}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from slao.compare import parse_methods, parse_seeds, run_comparison
     from slao.report import comparison_table
@@ -199,6 +209,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print the tables of a run or comparison folder and draw its figures")
     p.add_argument("path", help="a run folder (slao run) or a comparison folder (slao compare)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("eval", help="score an exported adapter (RUN/adapter) on a benchmark's tasks")
+    _run_flags(p)
+    p.add_argument("--adapter", required=True, help="a PEFT LoRA folder (adapter_config.json + safetensors)")
+    p.add_argument("--output", help="write the scores to this JSON file")
+    p.set_defaults(func=cmd_eval)
     p = sub.add_parser("list", help="list methods, benchmarks and tasks")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("config", help="list every setting with its default and meaning")
