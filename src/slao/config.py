@@ -95,6 +95,7 @@ class RunConfig:
     seed: int = _f(0, "seed for sampling, initialisation, dropout and data order")
     model: str = _f("tiny-random", "tiny-random | smollm2-135m | a local folder | a hub id")
     trust_remote_code: bool = _f(False, "allow a hub model's own code to run")
+    model_dtype: str = _f("float32", "dtype of the frozen base weights: float32 | bfloat16 | float16")
     benchmark: str = _f("packaged", "standard | long | superni | packaged | olora | jsonl | hf (slao list)")
     order: int | None = _f(None, "task order of the benchmark")
     tasks: list[str] | None = _f(None, "task names in training order (overrides the order)")
@@ -217,6 +218,7 @@ def build_config(*layers: dict) -> RunConfig:
 def _validate(cfg: RunConfig) -> None:
     checks = [
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (cfg.model_dtype in ("float32", "bfloat16", "float16"), "model_dtype must be float32, bfloat16 or float16"),
         (cfg.train.grad_accum >= 1, "train.grad_accum must be at least 1"),
         (cfg.train.lr > 0, "train.lr must be positive"),
         (cfg.train.epochs > 0, "train.epochs must be positive"),

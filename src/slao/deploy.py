@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from slao.checkpoint import write_atomic
 from slao.config import LoraSettings, RunConfig
 from slao.encoding import TaskEncoder
@@ -23,7 +25,8 @@ def evaluate_adapter(cfg: RunConfig, adapter_dir: str | Path, out: str | Path | 
     base = model_id(cfg.model, seed=cfg.seed)
     config, weights = load_adapter_weights(adapter_dir, base)  # refuses a foreign or broken adapter first
     tasks = load_benchmark(cfg)
-    model, tok = load_model(cfg.model, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
+    model, tok = load_model(cfg.model, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+                            dtype=getattr(torch, cfg.model_dtype))
     rank = next(iter(weights.values()))[0].shape[0]
     settings = LoraSettings(r=rank, alpha=float(config.get("lora_alpha", rank)), dropout=0.0,
                             target_modules=sorted({name.rsplit(".", 1)[-1] for name in weights}))

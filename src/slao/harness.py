@@ -317,7 +317,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, echo=print) -> dict:
     tasks = load_benchmark(cfg)
     base = model_id(cfg.model, seed=cfg.seed)
     resume_point(cfg, Path(out), run_meta(cfg, tasks, base))  # refuse a bad resume before loading the model
-    model, tokenizer = load_model(cfg.model, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
+    model, tokenizer = load_model(cfg.model, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+                                  dtype=getattr(torch, cfg.model_dtype))
     run = Run(cfg, out, tasks, model, tokenizer, base, accelerator, echo)
     results = run.execute()
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
