@@ -30,16 +30,17 @@ def packaged_prompts(tokenizer, n: int, max_prompt_tokens: int) -> list[list[int
 
 
 @torch.no_grad()
-def one_by_one(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+def one_by_one(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, bf16: bool = False) -> list[str]:
     """One generate call per prompt: no padding at all."""
     model.eval()
     device = next(model.parameters()).device
     answers = []
     for p in prompts:
         ids = torch.tensor([p], device=device)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
     return answers
 
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=5)
     p.add_argument("--max-prompt-tokens", type=int, default=256)
     p.add_argument("--rounds", type=int, default=2, help="rounds of batched then one-by-one (median reported)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (eval.bf16)")
     p.add_argument("--out", default=C.default_out("eval_throughput"))
     args = p.parse_args(argv)
 
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
     # The model a run evaluates: the base model under a (fresh, B = 0) PEFT LoRA.
     model = LoraAdapter(base, C.lora_settings()).model
     prompts = packaged_prompts(tok, args.prompts, args.max_prompt_tokens)
-    cfg = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    cfg = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bf16=args.bf16)
     generate(model, tok, prompts[: min(4, len(prompts))], cfg, show=False)  # warm-up, untimed
 
     rounds, batched, single = [], [], []
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
         batched = generate(model, tok, prompts, cfg, show=False)
         b = time.perf_counter() - start
         start = time.perf_counter()
-        single = one_by_one(model, tok, prompts, args.max_new_tokens)
+        single = one_by_one(model, tok, prompts, args.max_new_tokens, args.bf16)
         s = time.perf_counter() - start
         rounds.append({"round": k + 1, "batched_seconds": b, "one_by_one_seconds": s,
                        "batched_prompts_per_s": len(prompts) / b, "one_by_one_prompts_per_s": len(prompts) / s})
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
 
     lengths = [len(x) for x in prompts]
     print(f"model {args.model}, {len(prompts)} prompts ({min(lengths)}-{max(lengths)} tokens), "
-          f"batch {args.batch_size}, {args.max_new_tokens} new tokens, greedy; {info['nproc']} cores")
+          f"batch {args.batch_size}, {args.max_new_tokens} new tokens, greedy, {'bf16' if args.bf16 else 'fp32'}; "
+          f"{info['nproc']} cores, torch threads {torch.get_num_threads()}")
     print(C.table(["round", "batched s", "one-by-one s", "speed-up"],
                   [[r["round"], r["batched_seconds"], r["one_by_one_seconds"],
                     r["one_by_one_seconds"] / r["batched_seconds"]] for r in rounds]))
