@@ -12,6 +12,7 @@ import torch
 import yaml
 from peft import PeftModel
 
+from jsonl_tasks import write_jsonl_tasks
 from slao.cli import main
 from slao.config import EvalConfig
 from slao.data import load_tasks
@@ -37,17 +38,7 @@ def finished_run(tmp_path_factory):
 
 
 def _write_tasks(folder):
-    words = ["red", "blue", "green", "gold"]
-    for k, name in enumerate(TASKS.split(",")):
-        opts = [words[k], words[(k + 1) % 4]]
-        d = folder / name
-        d.mkdir(parents=True)
-        for split, n in (("train", 12), ("test", 6)):
-            with open(d / f"{split}.jsonl", "w") as f:
-                for i in range(n):
-                    f.write(json.dumps({"input": f"{split} {i} of {name}", "output": opts[i % 2]}) + "\n")
-        (d / "options.json").write_text(json.dumps(opts))
-    return folder
+    return write_jsonl_tasks(folder, TASKS.split(","), 12, 6, options=True)
 
 
 def test_run_folder_has_everything(finished_run):

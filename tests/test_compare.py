@@ -9,6 +9,7 @@ import statistics
 
 import pytest
 
+from jsonl_tasks import write_jsonl_tasks
 from slao import compare
 from slao.cli import main
 from slao.compare import (
@@ -33,16 +34,7 @@ FAST = ["--set", "eval.max_new_tokens=2", "--set", "train.lr=5e-3", "--set", "tr
 
 
 def _write_tasks(folder):
-    words = ["red", "blue", "green"]
-    for k, name in enumerate(TASKS.split(",")):
-        opts = [words[k], words[(k + 1) % 3]]
-        d = folder / name
-        d.mkdir(parents=True)
-        for split, n in (("train", 8), ("test", 4)):
-            with open(d / f"{split}.jsonl", "w") as f:
-                for i in range(n):
-                    f.write(json.dumps({"input": f"{split} {i} of {name}", "output": opts[i % 2]}) + "\n")
-    return folder
+    return write_jsonl_tasks(folder, TASKS.split(","), 8, 4, options=False)
 
 
 def _args(data, out):
