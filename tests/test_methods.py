@@ -166,9 +166,14 @@ def test_slao_rule_settings_change_the_merge():
 
 
 def test_slao_train_setting_and_bad_values():
-    assert make("slao").trainable() == (True, True)
-    assert make("slao", slao__train="a").trainable() == (True, False)
-    assert make("slao", slao__train="b").trainable() == (False, True)
+    # Task 1 is ordinary LoRA fine-tuning under every setting (B starts at zero: with B frozen there,
+    # A would get no gradient); from task 2 on only the named factor trains.
+    for train in ("both", "a", "b"):
+        assert make("slao", slao__train=train).trainable(1) == (True, True)
+    for i in (2, 3):
+        assert make("slao").trainable(i) == (True, True)
+        assert make("slao", slao__train="a").trainable(i) == (True, False)
+        assert make("slao", slao__train="b").trainable(i) == (False, True)
     for key, bad in (("init", "best"), ("a_rule", "mean"), ("b_rule", "x"), ("train", "ab"), ("schedule", "fast")):
         with pytest.raises(ConfigError, match=f"method.slao.{key}"):
             make("slao", **{f"slao__{key}": bad})

@@ -146,7 +146,7 @@ def train_task(
     # Recorded in the checkpoint, so a resumed run can be shown to have used the same order.
     data_order = {"generator_seed": data_seed, "steps": len(batches),
                   "batches_sha256": hashlib.sha256(json.dumps(batches).encode()).hexdigest()}
-    params = adapter.set_trainable(*method.trainable())
+    params = adapter.set_trainable(*method.trainable(i))
     frozen = method.frozen_rank(i)
     hooks = _freeze_leading(adapter.params(), frozen)
     frozen_copy = {n: (A[:frozen].clone(), B[:, :frozen].clone()) for n, (A, B) in adapter.get().items()}

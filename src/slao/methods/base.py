@@ -54,8 +54,8 @@ class Method:
         """The LoRA that task i (1-based) starts from; ``default`` is PEFT's fresh init at rank r."""
         return default
 
-    def trainable(self) -> tuple[bool, bool]:
-        """Which factors train: (A, B)."""
+    def trainable(self, i: int) -> tuple[bool, bool]:
+        """Which factors train during task i (1-based): (A, B)."""
         return True, True
 
     def frozen_rank(self, i: int) -> int:

@@ -103,7 +103,14 @@ class SlaoMethod(Method):
         source = self.last_ft if self.opts.init == "last-ft" else self.merged
         return {name: (orthogonal_init(A), B.clone()) for name, (A, B) in source.items()}
 
-    def trainable(self) -> tuple[bool, bool]:
+    def trainable(self, i: int) -> tuple[bool, bool]:
+        """``train=both`` trains A and B on every task. The one-factor ablations ``train=a`` and ``train=b``
+        start, like the method, from ordinary LoRA fine-tuning of both factors on task 1 (B starts at zero,
+        so with B frozen there A would get no gradient and nothing would learn); from task 2 on only the
+        named factor trains and the other stays at its initialisation (for ``a``: B = B_ft,i-1, which is
+        then B_ft,1 on every task)."""
+        if i == 1:
+            return True, True
         return {"both": (True, True), "a": (True, False), "b": (False, True)}[self.opts.train]
 
     def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
