@@ -179,6 +179,17 @@ def test_slao_train_setting_and_bad_values():
             make("slao", **{f"slao__{key}": bad})
 
 
+@pytest.mark.parametrize("value", [0, 0.0, -0.5, 1.5, "0", "-1", "1.0001", "nan", "inf"])
+def test_slao_constant_schedule_outside_zero_one_is_refused(value):
+    with pytest.raises(ConfigError, match=r"method\.slao\.schedule .*\(0, 1\]"):
+        make("slao", slao__schedule=value)
+
+
+@pytest.mark.parametrize("value", [1, 1.0, "0.25", 0.5, "1e-3", "inv", "inv-sqrt"])
+def test_slao_schedule_accepted_values(value):
+    make("slao", slao__schedule=value)
+
+
 # -- baselines' hooks -----------------------------------------------------------------------------------
 def test_registry_has_every_method_with_a_description():
     assert set(METHODS) >= {"slao", "seq-lora", "inc-lora", "o-lora", "magmax", "mtl", "per-task-lora"}

@@ -63,14 +63,18 @@ TRAINS = ("both", "a", "b")
 
 
 def _parse_schedule(value) -> str | float:
+    """'inv-sqrt', 'inv', or a constant lambda in (0, 1]: 0 would never merge a new task's B, and a value
+    outside [0, 1] extrapolates past B_m or B_ft instead of interpolating between them."""
     if value in ("inv-sqrt", "inv"):
         return value
+    message = f"method.slao.schedule must be 'inv-sqrt', 'inv' or a number in (0, 1], got {value!r}"
     try:
-        return float(value)
+        constant = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"method.slao.schedule must be 'inv-sqrt', 'inv' or a number in (0, 1], got {value!r}"
-        ) from None
+        raise ConfigError(message) from None
+    if not 0.0 < constant <= 1.0:  # also refuses nan
+        raise ConfigError(message)
+    return constant
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
