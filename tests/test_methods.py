@@ -266,8 +266,10 @@ def test_factorize_is_exact_and_padded():
     assert torch.equal(A[4:], torch.zeros(2, 6)) and torch.equal(B[:, 4:], torch.zeros(4, 2))
 
 
-def test_magmax_merges_the_sequential_updates():
-    m = make("magmax")
+@pytest.mark.parametrize("scale", [None, 1.0, 0.3])
+def test_magmax_deploys_the_scaled_max_magnitude_merge(scale):
+    m = make("magmax") if scale is None else make("magmax", magmax__scale=scale)
+    factor = 0.5 if scale is None else scale  # the default is the authors' 0.5
     record = drive(m, 3)
     for i, (init, _, deployed, _) in enumerate(record):
         if i:
@@ -278,7 +280,14 @@ def test_magmax_merges_the_sequential_updates():
                 expected = max_magnitude_merge(expected, t[n][1] @ t[n][0])
             A, B = deployed[n]
             assert A.shape[0] == B.shape[1] == 5  # largest min(out, in) over the layers
-            assert torch.allclose(B @ A, expected, atol=1e-4)
+            assert torch.allclose(B @ A, factor * expected, atol=1e-4)
+    assert torch.allclose(m.merged[n], expected)  # the state kept is the unscaled merge
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, float("nan"), float("inf")])
+def test_magmax_bad_scale_is_refused(bad):
+    with pytest.raises(ConfigError, match="method.magmax.scale"):
+        make("magmax", magmax__scale=bad)
 
 
 def test_per_task_lora_evaluates_each_task_with_its_own_lora():

@@ -84,10 +84,16 @@ class OLoraOptions:
 
 
 @dataclass
+class MagmaxOptions:
+    scale: float = _f(0.5, "factor on the merged update that is deployed (the MagMax authors' code: 0.5)")
+
+
+@dataclass
 class MethodConfig:
     name: str = _f("slao", "continual-learning method (slao list shows them)")
     slao: SlaoOptions = field(default_factory=SlaoOptions, metadata={"help": "SLAO settings"})
     o_lora: OLoraOptions = field(default_factory=OLoraOptions, metadata={"help": "O-LoRA settings"})
+    magmax: MagmaxOptions = field(default_factory=MagmaxOptions, metadata={"help": "MagMax settings"})
 
 
 @dataclass

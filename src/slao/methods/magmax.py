@@ -1,15 +1,22 @@
-"""MagMax (Marczak et al., 2024; design.md §3): sequential fine-tuning, then after every task a merge that
-keeps, entry by entry, the task update of largest magnitude.
+"""MagMax (Marczak et al., 2024, "MagMax: Leveraging Model Merging for Seamless Continual Learning";
+design.md §3): sequential fine-tuning, then after every task a merge that keeps, entry by entry, the task
+update of largest magnitude.
 
 With LoRA the update of task i is the dense ``s * B_i @ A_i`` of the LoRA fine-tuned up to task i. The
-running merge needs only the merged dense update so far. It is deployed as an exact LoRA: the SVD
-factors of the dense update, at rank min(out, in) (zero-padded to one rank for all layers).
+running merge needs only the merged dense update so far. What is evaluated and deployed is that merge times
+``method.magmax.scale`` (default 0.5): the authors' code applies the max-magnitude merged task vector with
+scaling coefficient 0.5 (github.com/danielm1405/magmax, merge_splitted.py: ``(merge_max_abs, [0.5])``
+passed to ``apply_to(..., scaling_coef=...)``). It is deployed as an exact LoRA: the SVD factors of the
+scaled dense update, at rank min(out, in) (zero-padded to one rank for all layers).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from slao.errors import ConfigError
 from slao.methods.base import LoraWeights, Method, register
 from slao.methods.seq_lora import clone_lora
 
@@ -38,10 +45,14 @@ def factorize(dense: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
 
 @register("magmax")
 class MagMaxMethod(Method):
-    """Sequential fine-tuning; after each task keep, per weight entry, the largest-magnitude task update."""
+    """Sequential fine-tuning; after each task keep, per weight entry, the largest-magnitude task update,
+    and deploy that merge times ``method.magmax.scale`` (0.5, as in Marczak et al.'s code)."""
 
     def __init__(self, config, lora_shapes, rank=8):
         super().__init__(config, lora_shapes, rank)
+        self.scale = float(config.magmax.scale)
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ConfigError(f"method.magmax.scale must be a positive number, got {config.magmax.scale!r}")
         # The merged update is kept divided by s = alpha / r (that is, as B @ A): s is the same for
         # every task, so the entry-wise choice is unchanged and the factors load at PEFT's scale s.
         self.merged: dict[str, torch.Tensor] = {}  # name -> (out, in)
@@ -58,7 +69,8 @@ class MagMaxMethod(Method):
         return self.deployed()
 
     def deployed(self) -> LoraWeights:
-        return {name: factorize(dense, self.deploy_rank) for name, dense in self.merged.items()}
+        """The LoRA of ``scale`` times the merged update (the merge itself is kept unscaled)."""
+        return {name: factorize(self.scale * dense, self.deploy_rank) for name, dense in self.merged.items()}
 
     def state(self) -> dict[str, torch.Tensor]:
         dense = {f"merged/{name}/BA": d for name, d in self.merged.items()}
