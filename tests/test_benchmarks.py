@@ -178,6 +178,17 @@ def test_superni_missing_split_error_and_carve(superni_dir: Path) -> None:
     assert "test_carved_from_train" not in task.info and task.info["files"] == {"test": str(only_test / "test.json")}
 
 
+def test_superni_records_without_a_usable_answer_are_dropped(superni_dir: Path) -> None:
+    cls_dir = superni_dir / "task363_sst2_polarity_classification"
+    _ni_file(cls_dir / "test.json", "d", [("t0", "POS"), ("t1", "-"), ("t2", ["MAYBE"]), ("t3", ["-", "NEG"])])
+    _ni_file(superni_dir / "task1572_samsum_summary/test.json", "d", [("d0", "a summary"), ("d1", ["", "..."])])
+    cls, summ = load_tasks("superni", ["task363_sst2_polarity_classification", "task1572_samsum_summary"],
+                           superni_dir, 0)
+    assert [e.text for e in cls.test] == ["t0", "t3"] and cls.test[1].answers == ("NEG",)
+    assert cls.info["dropped_no_answer"] == {"train": 0, "test": 2}
+    assert [e.text for e in summ.test] == ["d0"] and summ.info["dropped_no_answer"] == {"train": 0, "test": 1}
+
+
 @pytest.mark.parametrize(
     ("instances", "problem"),
     [([{"input": "a", "output": []}], "instance 1: 'output'"),
@@ -270,6 +281,15 @@ def test_hf_csv_columns_options_and_prompt(hf_files: Path) -> None:
     assert task.prompt(task.train[1]) == (
         "Dataset:stars\nIs the review good?\nOption: bad, good \nreview 1, with a comma\nAnswer:")
     assert task.train[1].answers == ("good",) and task.info["source"] == "hf"
+
+
+def test_hf_records_without_a_usable_answer_are_dropped(hf_files: Path) -> None:
+    with open(hf_files / "test.csv", "a") as f:
+        f.write('"an odd one",-\n')
+    spec = {"path": "csv", "data_files": {"train": "train.csv", "test": "test.csv"}, "text_column": ["review"],
+            "label_column": "stars"}
+    (task,) = load_tasks("hf", ["stars"], hf_files, 0, hf=spec)
+    assert len(task.test) == 4 and task.info["dropped_no_answer"] == {"train": 0, "test": 1}
 
 
 def test_hf_missing_split_names_file_and_carves(hf_files: Path) -> None:

@@ -119,11 +119,12 @@ def test_carve_is_ignored_when_test_exists(olora_dir: Path) -> None:
     assert len(task.train) == 4 and len(task.test) == 2
 
 
-def test_non_option_test_labels_are_kept_and_counted(olora_dir: Path) -> None:
-    task = load_olora_task(olora_dir, "NLI/MNLI", "mnli")
-    assert len(task.test) == 8
-    assert task.info["test_labels_not_options"] == 2
-    assert sum(e.target == "-" for e in task.test) == 2
+def test_records_without_a_usable_answer_are_dropped_and_counted(olora_dir: Path) -> None:
+    # MNLI's published test file labels 131 records "-": not an option, and empty once normalised.
+    (task,) = load_tasks("olora", ["mnli"], olora_dir, 0)
+    assert len(task.test) == 6 and not any(e.target == "-" for e in task.test)
+    assert task.info["dropped_no_answer"] == {"train": 0, "test": 2}
+    assert task.info["caps"]["available"] == {"train": 9, "test": 6}
 
 
 def test_non_option_train_label_is_an_error(olora_dir: Path) -> None:
@@ -138,7 +139,7 @@ def test_load_tasks_olora_resolves_names_and_caps(olora_dir: Path) -> None:
     tasks = load_tasks("olora", ["mnli", "sst-2", "multirc"], olora_dir, 1, 3, 2, carve_test=0.2)
     assert [t.name for t in tasks] == ["mnli", "sst-2", "multirc"]
     assert [(len(t.train), len(t.test)) for t in tasks] == [(3, 2), (3, 2), (3, 2)]
-    assert tasks[0].info["caps"]["available"] == {"train": 9, "test": 8}
+    assert tasks[0].info["caps"]["available"] == {"train": 9, "test": 6}  # the two "-" records dropped
     again = load_tasks("olora", ["mnli", "sst-2", "multirc"], olora_dir, 1, 3, 2, carve_test=0.2)
     assert [t.train for t in tasks] == [t.train for t in again]
 
@@ -211,6 +212,20 @@ def test_jsonl_empty_and_missing_files(tmp_path: Path) -> None:
         load_jsonl_task("t", tmp_path / "gone.jsonl", good)
 
 
+def test_jsonl_records_without_a_usable_answer_are_dropped(tmp_path: Path) -> None:
+    rows = [json.dumps({"input": f"q{i}", "output": "yes" if i % 2 else "no"}) for i in range(6)]
+    _write_lines(tmp_path / "yesno/train.jsonl", [*rows, json.dumps({"input": "q", "output": "..."})])
+    _write_lines(tmp_path / "yesno/test.jsonl", [*rows[:2], json.dumps({"input": "odd", "output": "-"})])
+    _write_json(tmp_path / "yesno/options.json", ["yes", "no"])
+    free = [json.dumps({"input": f"q{i}", "output": f"answer {i}"}) for i in range(4)]
+    _write_lines(tmp_path / "free/train.jsonl", [*free, json.dumps({"input": "q", "output": ["", "!"]})])
+    _write_lines(tmp_path / "free/test.jsonl", free[:2])
+    yesno, free_task = load_tasks("jsonl", ["yesno", "free"], tmp_path, 0)
+    assert (len(yesno.train), len(yesno.test)) == (6, 2)
+    assert yesno.info["dropped_no_answer"] == {"train": 1, "test": 1}
+    assert len(free_task.train) == 4 and free_task.info["dropped_no_answer"] == {"train": 1, "test": 0}
+
+
 def test_load_tasks_jsonl_folder(tmp_path: Path) -> None:
     folder = tmp_path / "yesno"
     rows = [json.dumps({"input": f"q{i}", "output": "yes" if i % 2 else "no"}) for i in range(6)]
@@ -268,6 +283,14 @@ def test_exact_match() -> None:
     assert not exact_match("not entailment", ["entailment"])
 
 
+def test_exact_match_empty_reference_never_matches() -> None:
+    # "-" normalises to "": an empty (or all-punctuation) answer must not score on it.
+    assert not exact_match("", ["-"])
+    assert not exact_match("?", ["-"])
+    assert not exact_match("", [""])
+    assert exact_match("yes", ["-", "Yes"])
+
+
 # --- packaged (reads the installed asset packages) --------------------------------------------------
 
 
@@ -298,8 +321,11 @@ def test_olora_train_carved_from_test_when_only_test_exists(tmp_path):
     with pytest.raises(DataError, match="train.json"):
         load_olora_task(tmp_path, "TC/dbp", "dbp")
     task = load_olora_task(tmp_path, "TC/dbp", "dbp", carve_test=0.25, seed=3)
-    assert len(task.test) == 5 and len(task.train) == 15
+    assert len(task.test) == 5 and len(task.train) == 16
     assert not {x.text for x in task.train} & {x.text for x in task.test}
     assert task.info["train_carved_from_test"] == {"fraction_kept_as_test": 0.25, "seed": 3}
     again = load_olora_task(tmp_path, "TC/dbp", "dbp", carve_test=0.25, seed=3)
     assert again.train == task.train
+    (loaded,) = load_tasks("olora", ["dbp"], tmp_path, 3, carve_test=0.25)
+    assert sum(loaded.info["dropped_no_answer"].values()) == 1  # the "-" record
+    assert len(loaded.train) + len(loaded.test) == 20

@@ -55,3 +55,10 @@ def test_evaluate_score_uses_rouge_l_max_over_answers_as_percent() -> None:
 def test_evaluate_score_exact_match_is_normalised() -> None:
     task = _task("exact", [("Positive",), ("negative",), ("neutral",)])
     assert score(task, ["positive.", " Negative", "positive"]) == pytest.approx(200 / 3)
+
+
+def test_an_empty_reference_never_scores() -> None:
+    # a reference that normalises to "" (MNLI's "-") is never answered correctly, by either metric
+    assert score(_task("exact", [("-",), ("yes",)]), ["", "yes"]) == pytest.approx(50.0)
+    assert score(_task("exact", [("-",)]), ["-"]) == 0.0
+    assert score(_task("rougeL", [("-",), ("",)]), ["", ""]) == 0.0

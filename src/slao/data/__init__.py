@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from slao.data.hf import load_hf_task, make_spec, read_tasks_file
 from slao.data.jsonl import load_jsonl_task
+from slao.data.normalize import usable_answers
 from slao.data.olora import find_olora_dataset, list_olora_datasets, load_olora_task
 from slao.data.packaged import PACKAGED_TASKS, load_packaged_task
 from slao.data.sampling import cap_examples
@@ -110,8 +112,28 @@ def _check_names(names: list[str]) -> None:
         seen.add(name)
 
 
+def drop_unanswerable(task: Task) -> Task:
+    """Drop the records that no prediction could be scored on (no answer left by ``usable_answers``, like
+    MNLI's "-" test labels), keep only the usable answers of the rest, and count the drops per split in
+    ``info["dropped_no_answer"]``. Every source goes through here, before caps, so caps count usable records."""
+    dropped = {}
+    for split in ("train", "test"):
+        examples = getattr(task, split)
+        kept = []
+        for ex in examples:
+            answers = usable_answers(ex.answers, task.options)
+            if answers:
+                kept.append(ex if answers == ex.answers else dataclasses.replace(ex, answers=answers))
+        dropped[split] = len(examples) - len(kept)
+        setattr(task, split, kept)
+    task.info["dropped_no_answer"] = dropped
+    return task
+
+
 def _capped(task: Task, seed: int, train_n: int | None, test_n: int | None) -> Task:
-    """Cap both splits (salted by task and split) and record the sizes before and after."""
+    """Drop unanswerable records, cap both splits (salted by task and split) and record the sizes before
+    and after."""
+    task = drop_unanswerable(task)
     before = {"train": len(task.train), "test": len(task.test)}
     task.train = cap_examples(task.train, train_n, seed, f"{task.name}:train")
     task.test = cap_examples(task.test, test_n, seed, f"{task.name}:test")
@@ -121,7 +143,7 @@ def _capped(task: Task, seed: int, train_n: int | None, test_n: int | None) -> T
 
 def _load_packaged(name, data_dir, seed, train_n, test_n, carve_test) -> Task:
     # Packaged tasks draw their own class-balanced caps; data_dir and carve_test do not apply.
-    return load_packaged_task(name, seed, train_n, test_n)
+    return drop_unanswerable(load_packaged_task(name, seed, train_n, test_n))
 
 
 def _load_olora(name, data_dir, seed, train_n, test_n, carve_test) -> Task:

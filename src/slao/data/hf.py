@@ -168,7 +168,6 @@ def load_hf_task(
     prefix = f"Dataset:{name}\n{instruction}"
     if options:
         prefix += "Option: " + ", ".join(options) + " \n"
-        info["test_answers_not_options"] = sum(not set(ex.answers) & set(options) for ex in test)
     return Task(name=name, prefix=prefix, suffix=SUFFIX, options=options, train=train, test=test,
                 metric=metric, info=info)
 

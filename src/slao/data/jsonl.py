@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from slao.data.normalize import has_answer
 from slao.data.task import Example, Task
 from slao.errors import ConfigError, DataError
 
@@ -24,15 +25,18 @@ def load_jsonl_task(
     """A task from two JSONL files; each line is ``{"input": str, "output": str | [str, ...]}``.
 
     The prompt is ``"Dataset:<name>\\n" + instruction + "Option: a, b \\n" + input + "\\nAnswer:"``, the
-    option line only when ``options`` is given; then every output must be one of the options.
+    option line only when ``options`` is given; then every training output must be one of the options
+    (or have no answer at all, like "-": such records are dropped later).
     """
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     if options is not None and (not options or not all(isinstance(o, str) for o in options)):
         raise DataError(f"task {name!r}: options must be a non-empty list of strings, got {options!r}")
     train_path, test_path = Path(train_path), Path(test_path)
+    # A training output outside the options is an error (a typo in the file or in options.json); test
+    # records without a usable answer are dropped and counted by data.drop_unanswerable.
     train = read_jsonl_examples(train_path, options)
-    test = read_jsonl_examples(test_path, options)
+    test = read_jsonl_examples(test_path)
     if instruction and not instruction.endswith("\n"):
         instruction += "\n"
     prefix = f"Dataset:{name}\n{instruction}"
@@ -83,7 +87,7 @@ def _parse_line(path: Path, lineno: int, line: str, options: list[str] | None) -
     answers = _answers(where, rec["output"])
     if options is not None:
         for answer in answers:
-            if answer not in options:
+            if has_answer(answer) and answer not in options:
                 raise DataError(f"{where}: output {answer!r} is not an option; options: {options}")
     return Example(text=rec["input"], answers=answers)
 

@@ -14,6 +14,24 @@ def normalize_answer(s: str) -> str:
 
 
 def exact_match(pred: str, answers: Iterable[str]) -> bool:
-    """True when the normalised prediction equals any normalised acceptable answer."""
+    """True when the normalised prediction equals any normalised acceptable answer.
+
+    An answer that normalises to "" (MNLI's "-") never matches: else an empty generation would score on it.
+    """
     norm = normalize_answer(pred)
-    return any(norm == normalize_answer(a) for a in answers)
+    return any(norm == ref for ref in map(normalize_answer, answers) if ref)
+
+
+def usable_answers(answers: Iterable[str], options: Iterable[str] | None) -> tuple[str, ...]:
+    """The answers that a prediction can be scored against: non-empty once normalised and, for an option
+    task, one of the options (compared normalised, as exact match compares). Empty: the record has none."""
+    allowed = None if options is None else {normalize_answer(o) for o in options}
+    return tuple(
+        a for a in answers
+        if (norm := normalize_answer(a)) and (allowed is None or norm in allowed)
+    )
+
+
+def has_answer(answer: str) -> bool:
+    """False for an answer that normalises to "" ("-", "..."): a record holding only such answers has none."""
+    return bool(normalize_answer(answer))

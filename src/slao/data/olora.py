@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from slao.data.normalize import has_answer
 from slao.data.sampling import carve_split
 from slao.data.task import Example, Task
 from slao.errors import ConfigError, DataError
@@ -61,8 +62,8 @@ def load_olora_task(
         raise ConfigError(f"carve_test must be a fraction between 0 and 1, got {carve_test}")
     if not train_file.is_file() and test_file.is_file() and carve_test is not None:
         # Only the test split exists (dbpedia in the local copy): a disjoint training part is carved out
-        # of it and the results say so. Records outside the options cannot be trained on: dropped.
-        pool = [ex for ex in _read_split(test_file, labels, strict=False) if ex.answers[0] in labels]
+        # of it and the results say so. Records outside the options are dropped later (drop_unanswerable).
+        pool = _read_split(test_file, labels, strict=False)
         test, train = carve_split(pool, 1.0 - carve_test, seed, f"{name}:train")
         info["files"]["test"] = str(test_file)
         info["train_carved_from_test"] = {"fraction_kept_as_test": carve_test, "seed": seed}
@@ -75,8 +76,6 @@ def load_olora_task(
         else:
             train, test = carve_split(train, carve_test, seed, f"{name}:test")
             info["test_carved_from_train"] = {"fraction": carve_test, "seed": seed}
-    option_set = set(labels)
-    info["test_labels_not_options"] = sum(ex.answers[0] not in option_set for ex in test)
     info["files"]["labels"] = str(folder / "labels.json")
     instruction = _read_instruction(data_dir / INSTRUCTION_FILE, task_type)
     info["instruction"] = instruction
@@ -121,7 +120,8 @@ def _read_labels(path: Path) -> list[str]:
 
 
 def _read_split(path: Path, labels: list[str], strict: bool) -> list[Example]:
-    """Records of one split; ``strict`` makes a label outside ``labels`` an error (train)."""
+    """Records of one split; ``strict`` makes a label outside ``labels`` an error (train), except one that
+    is no answer at all ("-"); such records, and test records outside the options, are dropped later."""
     records = _read_json(path)
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of {{'label', 'sentence'}} records")
@@ -134,7 +134,7 @@ def _read_split(path: Path, labels: list[str], strict: bool) -> list[Example]:
             or not isinstance(rec.get("sentence"), str)
         ):
             raise DataError(f"{path}: record {i}: expected an object with string 'label' and 'sentence'")
-        if strict and rec["label"] not in option_set:
+        if strict and has_answer(rec["label"]) and rec["label"] not in option_set:
             raise DataError(f"{path}: record {i}: label {rec['label']!r} is not one of the options {labels}")
         examples.append(Example(text=rec["sentence"], answers=(rec["label"],)))
     return examples

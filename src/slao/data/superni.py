@@ -132,8 +132,6 @@ def load_superni_task(
             "fraction": carve_test, "seed": seed}
     options = infer_options(train)
     metric = pick_metric(metric, options, f"task {name!r}")
-    if options is not None:
-        info["test_answers_not_options"] = sum(not {a.strip() for a in ex.answers} & set(options) for ex in test)
     info["metric_rule"] = "options" if options else "free-text"
     return Task(
         name=name,
