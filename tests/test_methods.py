@@ -139,6 +139,24 @@ def test_slao_default_inits_from_last_fine_tuned_and_merges():
         assert torch.allclose(d2[n][1], B + (t2[n][1] - B) / math.sqrt(2))
 
 
+@pytest.mark.parametrize("a_rule", ["replace", "interpolate"])
+def test_slao_last_ft_init_differs_from_merged_init_from_task_three(a_rule):
+    # After task 1 merged == last fine-tuned, so task 2 cannot tell the two inits apart; from task 3 on
+    # the init must be orthogonal_init(A_ft,i-1) and B_ft,i-1 exactly, not the merged LoRA's.
+    m = make("slao", slao__a_rule=a_rule)
+    record = drive(m, 4)
+    for i in (3, 4):
+        init = record[i - 1][0]
+        _, prev_ft, prev_merged, _ = record[i - 2]  # task i-1: (init, fine-tuned, merged, bytes)
+        for n in SHAPES:
+            A_ft, B_ft = prev_ft[n]
+            A_m, B_m = prev_merged[n]
+            assert torch.equal(init[n][0], orthogonal_init(A_ft)) and torch.equal(init[n][1], B_ft)
+            assert not torch.equal(init[n][1], B_m)  # the merged B differs from the last fine-tuned one
+            if a_rule == "interpolate":  # with A replaced, A_m == A_ft; interpolated, they differ too
+                assert not torch.equal(init[n][0], orthogonal_init(A_m))
+
+
 @pytest.mark.parametrize("init", ["merged", "random"])
 def test_slao_init_settings(init):
     m = make("slao", slao__init=init)
