@@ -1,5 +1,6 @@
 """Turning examples into token ids: the prompt frame is kept whole and only the example text is cut,
-so the instruction, the options and the answer always survive truncation."""
+so the instruction, the options and the answer always survive truncation; within a text that holds a
+labelled passage (MultiRC, BoolQ), only the passage is cut, so the question survives too."""
 
 from __future__ import annotations
 
@@ -39,8 +40,22 @@ class TaskEncoder:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
     def prompt(self, example: Example) -> list[int]:
-        text = self._ids(example.text)[: self.room]
-        return self.prefix + text + self.suffix
+        return self.prefix + self._text(example) + self.suffix
+
+    def _text(self, example: Example) -> list[int]:
+        """The example text's ids within ``room``: whole when it fits; else the passage is cut from its end
+        (the text around it kept), or, without a passage, the text itself. A question side longer than the
+        room on its own is kept from its start, without the passage."""
+        ids = self._ids(example.text)
+        span = example.passage_span
+        if len(ids) <= self.room or span is None:
+            return ids[: self.room]
+        start, end = span
+        head, tail = self._ids(example.text[:start]), self._ids(example.text[end:])
+        keep = self.room - len(head) - len(tail)
+        if keep < 0:
+            return (head + tail)[: self.room]
+        return head + self._ids(example.text[start:end])[:keep] + tail
 
     def answer(self, example: Example) -> list[int]:
         # The answer follows "Answer:" after a space; the end-of-sequence token teaches the model to stop.

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+# Reading-comprehension records are labelled fields: a long passage and a short question (MultiRC
+# "paragraph: ...\nquestion: ...\ncandidate answer: ...", BoolQ "question: ...\npassage: ...", SuperNI's
+# "Passage: ...\nQuestion: ..." and "story: ...\n selected sentence: ..."). The passage runs from its
+# label to the next question-side label (or the end of the text).
+_PASSAGE_LABEL = re.compile(r"(?:^|\n)[ \t]*(?:paragraph|passage|story|context|article)[ \t]*:", re.IGNORECASE)
+_QUESTION_LABEL = re.compile(
+    r"\n[ \t]*(?:question|candidate answer|answer|selected sentence|hypothesis)[ \t]*:", re.IGNORECASE)
+
+
+def passage_span(text: str) -> tuple[int, int] | None:
+    """(start, end) of the labelled passage in ``text`` (its content, after the label's colon), or None
+    when the text has no passage label or an empty passage."""
+    label = _PASSAGE_LABEL.search(text)
+    if label is None:
+        return None
+    after = _QUESTION_LABEL.search(text, label.end())
+    end = after.start() if after else len(text)
+    return (label.end(), end) if text[label.end():end].strip() else None
 
 
 @dataclass(frozen=True)
 class Example:
     """One example. The prompt is ``task.prefix + text + task.suffix``; ``text`` is the part that
-    truncation may cut. ``answers`` lists every acceptable answer; the first is the training target."""
+    truncation may cut, and where it holds a labelled passage (``passage_span``), only the passage is cut,
+    so the question and candidate answer survive. ``answers`` lists every acceptable answer; the first is
+    the training target."""
 
     text: str
     answers: tuple[str, ...]
@@ -16,6 +38,11 @@ class Example:
     @property
     def target(self) -> str:
         return self.answers[0]
+
+    @property
+    def passage_span(self) -> tuple[int, int] | None:
+        """Where the cuttable passage lies in ``text`` (see ``passage_span``); None: the whole text."""
+        return passage_span(self.text)
 
 
 @dataclass
