@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from slao.encoding import TaskEncoder
 from slao.evaluate import generate
 from slao.methods import METHODS
 from slao.methods.magmax import max_magnitude_merge
+from slao.methods.slao import orthogonal_init
 from slao.models import load_model
 from slao.tasks import benchmark_source, resolve_task_names
 
@@ -55,8 +57,10 @@ def same(a: dict, b: dict) -> bool:
 
 
 def run_method(tmp_path: Path, monkeypatch, name: str, *extra: str) -> tuple[Path, dict]:
-    """Run ``name`` through ``slao.cli.main``, recording what its hooks saw and what each evaluation used."""
-    seen = {"init": [], "trained": [], "deployed": [], "eval": []}
+    """Run ``name`` through ``slao.cli.main``, recording what its hooks saw, the LoRA each task's training
+    started from (``start``, read from the adapter when the harness calls train_task) and the LoRA each
+    evaluation used (``eval``: task name and the weights in the model)."""
+    seen = {"init": [], "start": [], "trained": [], "deployed": [], "eval": []}
     cls = METHODS[name]
     init_lora, after_task = cls.init_lora, cls.after_task
 
@@ -75,7 +79,12 @@ def run_method(tmp_path: Path, monkeypatch, name: str, *extra: str) -> tuple[Pat
         seen["eval"].append((task.name, lora_of(model)))
         return evaluate_task(acc, model, tok, task, *args, **kw)
 
-    evaluate_task = slao.harness.evaluate_task
+    def rec_train(acc, adapter, *args, **kw):
+        seen["start"].append(adapter.get())
+        return train_task(acc, adapter, *args, **kw)
+
+    evaluate_task, train_task = slao.harness.evaluate_task, slao.harness.train_task
+    monkeypatch.setattr(slao.harness, "train_task", rec_train)
     monkeypatch.setattr(cls, "init_lora", rec_init)
     monkeypatch.setattr(cls, "after_task", rec_after)
     monkeypatch.setattr(slao.harness, "evaluate_task", rec_eval)
@@ -177,6 +186,35 @@ def check_invariants(name: str, seen: dict, names: list[str]) -> None:
             assert torch.allclose(B @ A, 0.5 * expected, atol=1e-5)  # method.magmax.scale's default
     if name == "mtl":
         assert len(trained) == 1 and len(seen["eval"]) == len(names)
+    if name == "slao":
+        check_slao(seen, names)
+
+
+def check_slao(seen: dict, names: list[str]) -> None:
+    """SLAO (design.md §2) on the tensors the harness used: task i trained from orthogonal_init(A_ft,i-1)
+    and B_ft,i-1; after task i the merged LoRA (A_ft,i; B_m,i-1 + (B_ft,i - B_m,i-1) / sqrt(i)) is what
+    every task was scored with."""
+    trained, start, T = seen["trained"], seen["start"], len(names)
+    assert len(start) == len(trained) == T
+    assert all(same(start[i], seen["init"][i]) for i in range(T))  # the harness trained from init_lora's LoRA
+    assert all(torch.equal(B, torch.zeros_like(B)) for _, B in start[0].values())  # task 1: PEFT's init
+    for i in range(1, T):
+        expected = {n: (orthogonal_init(A), B) for n, (A, B) in trained[i - 1].items()}
+        assert same(start[i], expected), f"task {i + 1} did not start from the last fine-tuned LoRA"
+    merged: dict = {}
+    evals = iter(seen["eval"])
+    for i, ft in enumerate(trained, 1):
+        merged = {n: (A.clone(), B.clone() if i == 1 else merged[n][1] + (B - merged[n][1]) / math.sqrt(i))
+                  for n, (A, B) in ft.items()}
+        for j in range(i):  # row i scores tasks 1..i, in order
+            task, used = next(evals)
+            assert task == names[j]
+            for n, (A, B) in used.items():
+                assert torch.equal(A, merged[n][0]), (i, task, n)
+                assert torch.allclose(B, merged[n][1], rtol=0, atol=1e-6), (i, task, n)
+            if i > 1:  # the merged LoRA, not the last fine-tuned one
+                assert not same(used, ft), (i, task)
+    assert next(evals, None) is None
 
 
 @pytest.mark.parametrize("train", ["a", "b"])
