@@ -13,7 +13,7 @@ from slao.data import PACKAGED_TASKS, load_tasks
 from slao.data.jsonl import load_jsonl_task
 from slao.data.normalize import exact_match, normalize_answer
 from slao.data.olora import find_olora_dataset, load_olora_task
-from slao.data.sampling import balanced_split, cap_examples
+from slao.data.sampling import balanced_split, cap_examples, carve_split
 from slao.errors import ConfigError, DataError
 
 NLI_INSTRUCTION = (
@@ -111,6 +111,28 @@ def test_carved_test_is_deterministic_disjoint_and_recorded(olora_dir: Path) -> 
     assert not {e.text for e in first.train} & {e.text for e in first.test}
     assert first.test != other.test
     assert first.info["test_carved_from_train"] == {"fraction": 0.25, "seed": 3}
+
+
+def test_carved_test_keeps_records_of_one_passage_together(olora_dir: Path) -> None:
+    # MultiRC: 2,000 records from 417 paragraphs; a test paragraph seen in training would leak its answers
+    rows = [{"label": ["False", "True"][(k + i) % 2],
+             "sentence": f"paragraph: Story {k} goes on. \nquestion: Q{k}.{i}?\ncandidate answer: A{i}"}
+            for k in range(12) for i in range(1 + k % 4)]
+    _write_json(olora_dir / "MultiRC/MultiRC/train.json", rows)
+    for seed in range(5):
+        task = load_olora_task(olora_dir, "MultiRC/MultiRC", "multirc", carve_test=0.25, seed=seed)
+        story = {e.text.split("\n")[0] for e in task.test}
+        assert story and not story & {e.text.split("\n")[0] for e in task.train}
+        assert len(task.train) + len(task.test) == len(rows)
+        assert abs(len(task.test) - 0.25 * len(rows)) <= 3  # whole groups: near, not exactly, the fraction
+
+
+def test_carve_split_groups_and_matches_the_ungrouped_split_when_every_group_is_one() -> None:
+    items = [f"x{i}" for i in range(40)]
+    assert carve_split(items, 0.3, 1, "s", key=lambda x: x) == carve_split(items, 0.3, 1, "s")
+    kept, held = carve_split(items, 0.3, 1, "s", key=lambda x: int(x[1:]) // 5)
+    assert {int(x[1:]) // 5 for x in kept}.isdisjoint(int(x[1:]) // 5 for x in held)
+    assert len(held) == 15 and len(kept) == 25  # three groups of five reach 12 (30%) first at 15
 
 
 def test_carve_is_ignored_when_test_exists(olora_dir: Path) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from slao.data.sampling import carve_split
 from slao.data.superni import infer_options, pick_metric
-from slao.data.task import Example, Task
+from slao.data.task import Example, Task, carve_key
 from slao.errors import ConfigError, DataError
 
 SUFFIX = "\nAnswer:"
@@ -155,7 +155,7 @@ def load_hf_task(
         if not 0.0 < carve_test < 1.0:
             raise ConfigError(f"carve_test must be a fraction between 0 and 1, got {carve_test}")
         (role,) = present
-        train, test = carve_split(split_examples[role], carve_test, seed, f"{name}:test")
+        train, test = carve_split(split_examples[role], carve_test, seed, f"{name}:test", key=carve_key)
         key = "test_carved_from_train" if role == "train" else "train_carved_from_test"
         info[key] = {"fraction": carve_test, "seed": seed}
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from slao.data.normalize import has_answer
 from slao.data.sampling import carve_split
-from slao.data.task import Example, Task
+from slao.data.task import Example, Task, carve_key
 from slao.errors import ConfigError, DataError
 
 SUFFIX = "\nAnswer:"
@@ -64,7 +64,7 @@ def load_olora_task(
         # Only the test split exists (dbpedia in the local copy): a disjoint training part is carved out
         # of it and the results say so. Records outside the options are dropped later (drop_unanswerable).
         pool = _read_split(test_file, labels, strict=False)
-        test, train = carve_split(pool, 1.0 - carve_test, seed, f"{name}:train")
+        test, train = carve_split(pool, 1.0 - carve_test, seed, f"{name}:train", key=carve_key)
         info["files"]["test"] = str(test_file)
         info["train_carved_from_test"] = {"fraction_kept_as_test": carve_test, "seed": seed}
     else:
@@ -74,7 +74,7 @@ def load_olora_task(
             test = _read_split(test_file, labels, strict=False)
             info["files"]["test"] = str(test_file)
         else:
-            train, test = carve_split(train, carve_test, seed, f"{name}:test")
+            train, test = carve_split(train, carve_test, seed, f"{name}:test", key=carve_key)
             info["test_carved_from_train"] = {"fraction": carve_test, "seed": seed}
     info["files"]["labels"] = str(folder / "labels.json")
     instruction = _read_instruction(data_dir / INSTRUCTION_FILE, task_type)

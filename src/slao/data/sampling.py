@@ -24,16 +24,30 @@ def cap_examples(examples: Sequence[T], n: int | None, seed: int, salt: str) -> 
     return random.Random(f"{seed}:{salt}").sample(items, n)
 
 
-def carve_split(examples: Sequence[T], fraction: float, seed: int, salt: str) -> tuple[list[T], list[T]]:
-    """Split ``examples`` into disjoint (kept, held_out) parts, ``fraction`` of them held out.
+def carve_split(
+    examples: Sequence[T], fraction: float, seed: int, salt: str, key: Callable[[T], object] | None = None
+) -> tuple[list[T], list[T]]:
+    """Split ``examples`` into disjoint (kept, held_out) parts, about ``fraction`` of them held out.
 
-    Both parts keep the original order. At least one example lands on each side when there are two.
+    Examples with the same ``key`` (records that share a passage) land on the same side, so a held-out
+    passage is never trained on: whole groups, in a seeded order, are held out until the fraction is
+    reached, never the last group. Without ``key`` (or with every group of one) exactly
+    ``round(fraction * n)`` are held out. Both parts keep the original order; at least one example lands on
+    each side when there are two groups.
     """
     items = list(examples)
+    groups: dict[object, list[int]] = {}
+    for i, x in enumerate(items):
+        groups.setdefault(i if key is None else key(x), []).append(i)
+    members = list(groups.values())
     n_out = min(max(1, round(fraction * len(items))), max(0, len(items) - 1))
-    order = list(range(len(items)))
+    order = list(range(len(members)))
     random.Random(f"{seed}:{salt}:carve").shuffle(order)
-    out = set(order[:n_out])
+    out: set[int] = set()
+    for g in order[:-1]:
+        if len(out) >= n_out:
+            break
+        out.update(members[g])
     kept = [x for i, x in enumerate(items) if i not in out]
     held = [x for i, x in enumerate(items) if i in out]
     return kept, held

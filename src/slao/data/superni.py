@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from slao.data.sampling import carve_split
-from slao.data.task import Example, Task
+from slao.data.task import Example, Task, carve_key
 from slao.errors import ConfigError, DataError
 
 PREFIX = "Definition: {definition}\n\nNow complete the following example -\nInput: "
@@ -126,7 +126,7 @@ def load_superni_task(
             raise ConfigError(f"carve_test must be a fraction between 0 and 1, got {carve_test}")
         source, split = (train_file, "train") if have["train"] else (test_file, "test")
         definition, pool = read_task_file(source)
-        train, test = carve_split(pool, carve_test, seed, f"{name}:test")
+        train, test = carve_split(pool, carve_test, seed, f"{name}:test", key=carve_key)
         info["files"][split] = str(source)
         info["test_carved_from_train" if split == "train" else "train_carved_from_test"] = {
             "fraction": carve_test, "seed": seed}

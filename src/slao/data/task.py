@@ -45,6 +45,13 @@ class Example:
         return passage_span(self.text)
 
 
+def carve_key(example: Example) -> str:
+    """The group a carved split keeps on one side: the passage when the record has one (MultiRC's 2,000
+    records share 417 paragraphs), else the text (a text repeated with other labels stays together)."""
+    span = example.passage_span
+    return example.text[span[0]:span[1]].strip() if span else example.text
+
+
 @dataclass
 class Task:
     """A named task: a fixed prompt frame around each example's text, options, and two splits.
