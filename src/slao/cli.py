@@ -70,7 +70,7 @@ def _is_main_process() -> bool:
 
 
 def _print_table(results: dict) -> None:
-    from slao.report import results_table
+    from slao.tables import results_table
 
     if _is_main_process():
         print(results_table(results))
@@ -125,13 +125,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from slao.compare import parse_methods, parse_seeds, run_comparison
-    from slao.report import comparison_table
+    from slao.compare import parse_methods, parse_orders, parse_seeds, run_comparison
+    from slao.tables import comparison_table
 
     methods = parse_methods(args.methods)  # every name checked before anything runs
     cfg = build_from_args(args)
     seeds = parse_seeds(args.seeds, default=cfg.seed)
-    comp = run_comparison(cfg, methods, seeds, Path(args.output))
+    orders = parse_orders(args.orders, cfg.benchmark)
+    comp = run_comparison(cfg, methods, seeds, Path(args.output), orders=orders)
     print(comparison_table(comp))
     print(f"comparison folder: {args.output} (comparison.json, comparison.md); figures: slao report {args.output}")
     return 0
@@ -204,7 +205,10 @@ def make_parser() -> argparse.ArgumentParser:
     _run_flags(p, single=False)
     p.add_argument("--methods", required=True, help="comma-separated method names (slao list shows them)")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the config's seed)")
-    p.add_argument("--output", required=True, help="comparison folder: DIR/<method>/seed-<n>/ and comparison.*")
+    p.add_argument("--orders", help="comma-separated task orders of the benchmark, e.g. 4,5,6: the grid is "
+                                    "method x order x seed (default: the one order of --order)")
+    p.add_argument("--output", required=True,
+                   help="comparison folder: DIR/<method>/[order-<o>/]seed-<n>/ and comparison.*")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="print the tables of a run or comparison folder and draw its figures")
     p.add_argument("path", help="a run folder (slao run) or a comparison folder (slao compare)")

@@ -9,14 +9,13 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from slao import checkpoint
+from slao import checkpoint, stats
 from slao.errors import ConfigError, DataError
+from slao.metrics import METRICS, order_spread
 
-METRICS = ("aa", "bwt", "forgetting", "fwt")
-LABELS = {"aa": "AA", "bwt": "BWT", "forgetting": "F", "fwt": "FWT"}
-# Forgetting is the only metric where smaller is better.
-HIGHER_IS_BETTER = {"aa": True, "bwt": True, "forgetting": False, "fwt": True}
-Z95 = 1.96
+BOOTSTRAP_REPLICATES = 2000
+# Metrics compared pairwise (FWT's differences read the same entries as the others; it is in the tables).
+PAIRED_METRICS = ("aa", "bwt", "forgetting")
 
 
 # -- parsing and validation ----------------------------------------------------------------------
@@ -45,6 +44,26 @@ def parse_seeds(text: str | None, default: int = 0) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds needs one or more distinct integers, e.g. 0,1,2; got {text!r}")
     return seeds
+
+
+def parse_orders(text: str | None, benchmark: str) -> list[int] | None:
+    """'4,5,6' -> [4, 5, 6], each an order of ``benchmark``; None when not given."""
+    if text is None:
+        return None
+    from slao.tasks import BENCHMARK_ORDERS
+
+    try:
+        orders = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--orders expects comma-separated integers, e.g. 4,5,6; got {text!r}") from None
+    if not orders or len(set(orders)) != len(orders):
+        raise ConfigError(f"--orders needs one or more distinct integers, e.g. 4,5,6; got {text!r}")
+    known = (BENCHMARK_ORDERS.get(benchmark) or {}).get("orders") or {}
+    bad = [o for o in orders if o not in known]
+    if bad:
+        valid = ", ".join(map(str, known)) or "none (it has no named orders)"
+        raise ConfigError(f"benchmark {benchmark!r} has no order {bad[0]}; its orders: {valid}")
+    return orders
 
 
 # -- pure aggregation ----------------------------------------------------------------------------
@@ -82,15 +101,22 @@ def task_test_counts(results: dict) -> dict[str, int]:
 
 
 def aggregate_method(runs: Sequence[dict]) -> dict:
-    """One method's entry of comparison.json from its finished runs' results dicts."""
-    out: dict = {"seeds": [r["seed"] for r in runs]}
+    """One method's entry of comparison.json from its finished runs' results dicts (all seeds and orders:
+    a metric's mean is over every run, so over orders the mean of equal numbers of seeds)."""
+    out: dict = {"seeds": sorted({r["seed"] for r in runs}), "runs": len(runs),
+                 "orders": sorted({r["order"] for r in runs if r.get("order") is not None})}
     for key in METRICS:
         out[key] = summarize([(r.get("metrics") or {}).get(key) for r in runs])
     sizes = [_final(r.get("adapter_state_bytes")) for r in runs]
     out["adapter_state_bytes"] = max((s for s in sizes if s is not None), default=None)
     out["train_seconds"] = summarize([_total(r.get("train_seconds")) for r in runs])
     out["eval_seconds"] = summarize([_total(r.get("eval_seconds")) for r in runs])
-    out["accuracy_mean"] = mean_matrix([r["accuracy"] for r in runs])
+    by_order: dict = {}
+    for r in runs:
+        by_order.setdefault(r.get("order"), []).append(r)
+    if len(by_order) == 1:
+        out["accuracy_mean"] = mean_matrix([r["accuracy"] for r in runs])
+    out["order_robustness"] = order_robustness(by_order)
     counts = [sum(task_test_counts(r).values()) for r in runs]
     tasks = len(runs[0]["tasks"]) if runs else 0
     out["test_examples"] = counts[0] if counts else None  # all tasks together, per run
@@ -98,118 +124,109 @@ def aggregate_method(runs: Sequence[dict]) -> dict:
     return out
 
 
-def aggregate(runs: dict[str, Sequence[dict]], summary: dict) -> dict:
-    """comparison.json: the config summary, then per method its aggregate (see aggregate_method)."""
-    methods = {name: aggregate_method(list(rs)) for name, rs in runs.items()}
-    return {**summary, "methods": methods, "noise": noise_flags(methods)}
+def order_robustness(by_order: dict) -> dict:
+    """Per task (by name) its final score under each order, mean over seeds; then OPD, MOPD and AOPD."""
+    if len(by_order) < 2:
+        return {"opd": None, "mopd": None, "aopd": None}
+    finals = {}
+    for order, runs in by_order.items():
+        per_task: dict[str, list[float]] = {}
+        for r in runs:
+            for name, v in zip(r["tasks"], r["accuracy"][-1], strict=True):
+                if v is not None:
+                    per_task.setdefault(name, []).append(v)
+        finals[order] = {name: sum(v) / len(v) for name, v in per_task.items()}
+    names = sorted(set.intersection(*(set(f) for f in finals.values())))
+    spread = order_spread([[finals[o][n] for n in names] for o in sorted(finals)])
+    return {**spread, "tasks": names, "opd": dict(zip(names, spread["opd"], strict=True)) if names else None}
 
 
-# -- noise ---------------------------------------------------------------------------------------
-NOISE_RULE = ("A difference to the best method is called within noise when it is no larger than the larger of "
-              "two margins: the binomial 95% half-width 1.96·√(p(1−p)/n) in points (p the two methods' mean AA; "
-              "n the total test examples for AA, the mean test examples per task for BWT, F and FWT), and, "
-              "where both methods have two or more seeds, 2·std/√n summed over the two (n seeds; the "
-              "intervals mean ± 2·std/√n overlap).")
+def paired_comparisons(runs: dict[str, Sequence[dict]], replicates: int = BOOTSTRAP_REPLICATES,
+                       seed: int = 0) -> dict:
+    """Every pair of methods: the difference in AA, BWT and F with a paired bootstrap interval over test
+    examples and seeds (slao.stats), and per exact-match task an exact McNemar test on the final row.
 
-
-def binomial_half_width(p: float, n: float) -> float:
-    """95% half-width, in points, of an accuracy p (a fraction) measured on n examples."""
-    if n <= 0:
-        return math.inf
-    p = min(max(p, 0.0), 1.0)
-    return 100.0 * Z95 * math.sqrt(p * (1.0 - p) / n)
-
-
-def _aa_fraction(entry: dict) -> float | None:
-    mean = entry["aa"]["mean"]
-    return None if mean is None else mean / 100.0
-
-
-def compare_pair(metric: str, best: dict, other: dict) -> dict:
-    """Is ``other``'s difference to ``best`` on ``metric`` within noise? See NOISE_RULE."""
-    b, o = best[metric], other[metric]
-    diff = o["mean"] - b["mean"]
-    # Test-set sampling noise, which a few seeds with a small std must not talk away.
-    ps = [p for p in (_aa_fraction(best), _aa_fraction(other)) if p is not None]
-    p = sum(ps) / len(ps) if ps else 0.5  # without an AA, the widest interval
-    key = "test_examples" if metric == "aa" else "test_per_task_mean"
-    ns = [x for x in (best.get(key), other.get(key)) if x]
-    margin, rule = (binomial_half_width(p, min(ns)) if ns else math.inf), "binomial"
-    if b["n"] >= 2 and o["n"] >= 2 and b["std"] is not None and o["std"] is not None:
-        seeds = 2 * b["std"] / math.sqrt(b["n"]) + 2 * o["std"] / math.sqrt(o["n"])
-        if seeds > margin:
-            margin, rule = seeds, "seeds"
-    return {"diff": diff, "margin": margin, "rule": rule, "within_noise": abs(diff) <= margin}
-
-
-def noise_flags(methods: dict[str, dict]) -> dict[str, dict]:
-    """Per metric: the best method and, for every other method, its difference and the noise verdict."""
-    out = {}
-    for metric in METRICS:
-        present = {m: e for m, e in methods.items() if e[metric]["mean"] is not None}
-        if not present:
-            continue
-        sign = 1 if HIGHER_IS_BETTER[metric] else -1
-        best = max(present, key=lambda m: sign * present[m][metric]["mean"])
-        others = {m: compare_pair(metric, present[best], e) for m, e in present.items() if m != best}
-        out[metric] = {"best": best, "best_mean": present[best][metric]["mean"],
-                       "higher_is_better": HIGHER_IS_BETTER[metric], "others": others}
+    Runs are paired by (order, seed); a run without per-example scores (made by an older slao) leaves
+    the comparison without paired statistics, and says so."""
+    scores: dict[str, dict] = {}
+    groups: dict = {}
+    zero: dict = {}
+    missing = []
+    for name, rs in runs.items():
+        scores[name] = {}
+        for r in rs:
+            unit = (r.get("order"), r["seed"])
+            if not r.get("example_scores"):
+                missing.append(f"{name} seed {r['seed']}")
+                continue
+            scores[name][unit] = r["example_scores"]
+            groups[unit] = r.get("order")
+            zero[unit] = r.get("zero_shot")
+    names = [n for n in runs if scores[n]]
+    out: dict = {"reference": names[0] if names else None, "replicates": replicates,
+                 "units": [list(u) for u in sorted(groups, key=str)], "missing": missing, "pairs": {}}
+    if len(names) < 2:
+        return out
+    _check_same_examples(runs)
+    boot = stats.bootstrap_metrics({n: scores[n] for n in names}, groups, replicates=replicates, seed=seed,
+                                   zero_shot=zero)
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
+            entry = {k: stats.paired_interval(boot[x][k], boot[y][k]) for k in PAIRED_METRICS}
+            entry["mcnemar"] = mcnemar_final_row(runs[x], runs[y])
+            out["pairs"][f"{x} vs {y}"] = {"x": x, "y": y, **entry}
+    widths = [p["aa"]["detectable"] for p in out["pairs"].values() if p["aa"] is not None]
+    out["detectable_aa"] = sorted(widths)[len(widths) // 2] if widths else None  # the median pair
     return out
 
 
-# -- Markdown --------------------------------------------------------------------------------------
-def format_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    if n < 1e6:
-        return f"{n / 1e3:.1f} KB"
-    return f"{n / 1e6:.2f} MB"
+def _check_same_examples(runs: dict[str, Sequence[dict]]) -> None:
+    """Runs of one (order, seed) must have scored the same test examples, else pairing is meaningless."""
+    seen: dict = {}
+    for name, rs in runs.items():
+        for r in rs:
+            unit = (r.get("order"), r["seed"])
+            hashes = {t: (info or {}).get("test_sha256") for t, info in (r.get("task_info") or {}).items()}
+            if unit in seen and seen[unit][1] != hashes:
+                raise DataError(f"{name} and {seen[unit][0]} (order {unit[0]}, seed {unit[1]}) were scored on "
+                                "different test examples; a paired comparison needs the same data: rerun them "
+                                "under one slao compare command")
+            seen.setdefault(unit, (name, hashes))
 
 
-def format_stat(s: dict, digits: int = 1) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    if s["std"] is None:
-        return f"{s['mean']:.{digits}f}"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-
-
-def noise_lines(noise: dict) -> list[str]:
-    lines = []
-    for metric, verdict in noise.items():
-        word = "highest" if verdict["higher_is_better"] else "lowest"
-        if verdict["others"] and all(v["diff"] == 0 for v in verdict["others"].values()):
-            lines.append(f"- {LABELS[metric]}: all methods score {verdict['best_mean']:.1f}; nothing to rank.")
+def mcnemar_final_row(xs: Sequence[dict], ys: Sequence[dict]) -> dict:
+    """Per exact-match task: discordant counts on the final row, pooled over the pair's shared runs, and the
+    exact McNemar p-value."""
+    by_unit = {(r.get("order"), r["seed"]): r for r in ys}
+    counts: dict[str, list[int]] = {}
+    for rx in xs:
+        ry = by_unit.get((rx.get("order"), rx["seed"]))
+        if ry is None or not rx.get("example_scores") or not ry.get("example_scores"):
             continue
-        parts = [f"{m} {v['diff']:+.1f} ({'within noise' if v['within_noise'] else 'beyond noise'}, "
-                 f"margin {v['margin']:.1f} by {v['rule']})" for m, v in verdict["others"].items()]
-        tail = "; ".join(parts) if parts else "no other method to compare"
-        lines.append(f"- {LABELS[metric]}: {verdict['best']} is {word} ({verdict['best_mean']:.1f}); {tail}.")
-    return lines
+        for j, name in enumerate(rx["tasks"]):
+            if (rx.get("task_info") or {}).get(name, {}).get("metric", "exact") != "exact":
+                continue
+            cx, cy = rx["example_scores"][-1][j], ry["example_scores"][-1][j]
+            if cx is None or cy is None:
+                continue
+            b, c = stats.discordant(cx, cy)
+            acc = counts.setdefault(name, [0, 0])
+            acc[0], acc[1] = acc[0] + b, acc[1] + c
+    return {name: {"x_only": b, "y_only": c, "p": stats.mcnemar_exact(b, c)} for name, (b, c) in counts.items()}
 
 
-def comparison_markdown(comp: dict) -> str:
-    seeds = ", ".join(map(str, comp["seeds"]))
-    lines = [f"# Comparison: {', '.join(comp['methods'])}", "",
-             f"Model {comp['model']}, benchmark {comp['benchmark']}, tasks {', '.join(comp['tasks'] or [])}; "
-             f"train_per_task {comp['train_per_task']}, test_per_task {comp['test_per_task']}; seeds {seeds} "
-             f"({comp['runs_done']} of {comp['runs_total']} runs finished).", "",
-             "| method | seeds | AA | BWT | F | FWT | adapter state | train s | eval s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, e in comp["methods"].items():
-        cells = [name, str(len(e["seeds"]))] + [format_stat(e[k]) for k in METRICS]
-        cells += [format_bytes(e["adapter_state_bytes"]), format_stat(e["train_seconds"]),
-                  format_stat(e["eval_seconds"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "AA, BWT, F (forgetting) and FWT in points, mean ± sample std over seeds; times are totals "
-              "per run in seconds.", "", "## Noise", "", NOISE_RULE, ""]
-    lines += noise_lines(comp["noise"]) or ["- no finished runs yet."]
-    return "\n".join(lines) + "\n"
+def aggregate(runs: dict[str, Sequence[dict]], summary: dict, replicates: int = BOOTSTRAP_REPLICATES) -> dict:
+    """comparison.json: the config summary, per method its aggregate (see aggregate_method), and the paired
+    comparisons of every pair of methods (see paired_comparisons)."""
+    methods = {name: aggregate_method(list(rs)) for name, rs in runs.items() if rs}
+    return {**summary, "methods": methods, "paired": paired_comparisons(runs, replicates)}
 
 
 # -- running ----------------------------------------------------------------------------------------
-def run_folder(out: Path, method: str, seed: int) -> Path:
-    return Path(out) / method / f"seed-{seed}"
+def run_folder(out: Path, method: str, seed: int, order: int | None = None, by_order: bool = False) -> Path:
+    """``out/<method>/seed-<n>``, or ``out/<method>/order-<o>/seed-<n>`` in a grid over orders."""
+    base = Path(out) / method
+    return (base / f"order-{order}" if by_order else base) / f"seed-{seed}"
 
 
 def _finished_results(folder: Path, cfg) -> dict | None:
@@ -232,21 +249,25 @@ def _finished_results(folder: Path, cfg) -> dict | None:
     return results
 
 
-def config_summary(cfg, methods: Sequence[str], seeds: Sequence[int], tasks: list[str] | None) -> dict:
+def config_summary(cfg, methods: Sequence[str], seeds: Sequence[int], tasks: list[str] | None,
+                   orders: Sequence[int] | None = None) -> dict:
     return {"model": cfg.model, "benchmark": cfg.benchmark, "tasks": tasks,
             "train_per_task": cfg.data.train_per_task, "test_per_task": cfg.data.test_per_task,
-            "seeds": list(seeds), "methods": list(methods)}
+            "seeds": list(seeds), "orders": list(orders) if orders else None, "methods": list(methods)}
 
 
 def write_comparison(out: Path, comp: dict) -> None:
+    from slao.tables import comparison_markdown
+
     checkpoint.write_atomic(Path(out) / "comparison.json", json.dumps(comp, indent=1) + "\n")
     checkpoint.write_atomic(Path(out) / "comparison.md", comparison_markdown(comp))
 
 
 def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str | Path,
-                   echo: Callable = print, runner: Callable | None = None) -> dict:
-    """Run every method for every seed into ``out/<method>/seed-<n>/`` under one config; finished runs
-    are read back, not rerun. comparison.json/.md are rewritten after every finished run."""
+                   echo: Callable = print, runner: Callable | None = None,
+                   orders: Sequence[int] | None = None) -> dict:
+    """Run every method for every order and seed into ``out/<method>/[order-<o>/]seed-<n>/`` under one
+    config; finished runs are read back, not rerun. comparison.json/.md are rewritten after every run."""
     from slao.harness import run_experiment
     from slao.methods import get_method
     from slao.tasks import resolve_task_names
@@ -255,42 +276,53 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
     for name in methods:  # all names before any run starts
         get_method(name)
     out = Path(out)
-    tasks = resolve_task_names(cfg)
+    by_order = bool(orders)
+    grid_orders = list(orders) if orders else [cfg.order]
+    tasks = None if by_order else resolve_task_names(cfg)
     done: dict[str, list[dict]] = {m: [] for m in methods}
-    total, count = len(methods) * len(seeds), 0
-    # Seeds outermost, so an interrupted comparison holds every method for the first seeds.
+    total, count = len(methods) * len(seeds) * len(grid_orders), 0
+    # Seeds outermost, then orders, so an interrupted grid holds every method for the first seeds.
     for seed in seeds:
-        for name in methods:
-            count += 1
-            run_cfg = dataclasses.replace(cfg, seed=seed, method=dataclasses.replace(cfg.method, name=name))
-            folder = run_folder(out, name, seed)
-            results = _finished_results(folder, run_cfg)
-            if results is None:
-                echo(f"[{count}/{total}] {name}, seed {seed} -> {folder}")
-                results = runner(run_cfg, folder)
-            else:
-                echo(f"[{count}/{total}] {name}, seed {seed}: finished earlier, read from {folder}")
-            done[name].append(results)
-            tasks = tasks or results["tasks"]
-            summary = config_summary(cfg, methods, seeds, tasks)
-            comp = aggregate(done, {**summary, "runs_done": count, "runs_total": total})
-            write_comparison(out, comp)
+        for order in grid_orders:
+            for name in methods:
+                count += 1
+                run_cfg = dataclasses.replace(cfg, seed=seed, order=order,
+                                              method=dataclasses.replace(cfg.method, name=name))
+                folder = run_folder(out, name, seed, order, by_order)
+                what = f"{name}, {f'order {order}, ' if by_order else ''}seed {seed}"
+                results = _finished_results(folder, run_cfg)
+                if results is None:
+                    echo(f"[{count}/{total}] {what} -> {folder}")
+                    results = runner(run_cfg, folder)
+                else:
+                    echo(f"[{count}/{total}] {what}: finished earlier, read from {folder}")
+                done[name].append(results)
+                tasks = tasks or (None if by_order else results["tasks"])
+                summary = config_summary(cfg, methods, seeds, tasks, orders)
+                comp = aggregate(done, {**summary, "runs_done": count, "runs_total": total})
+                write_comparison(out, comp)
     return comp
 
 
 def load_comparison(folder: str | Path) -> tuple[dict, dict[str, list[dict]]]:
-    """comparison.json and each method's finished results (in seed order) from a comparison folder."""
+    """comparison.json and each method's finished results (seed order, then task order) from a comparison
+    folder; the paired statistics are computed afresh, by this version's rules."""
     folder = Path(folder)
     comp = json.loads((folder / "comparison.json").read_text())
-    comp["noise"] = noise_flags(comp["methods"])  # judged afresh, by the rule of this version
+    by_order = bool(comp.get("orders"))
     runs: dict[str, list[dict]] = {}
-    for name, entry in comp["methods"].items():
+    for name in comp["methods"]:
         runs[name] = []
-        for seed in entry["seeds"]:
-            path = run_folder(folder, name, seed) / "results.json"
-            try:
-                runs[name].append(json.loads(path.read_text()))
-            except (OSError, ValueError) as err:
-                raise DataError(f"{path} is listed in {folder / 'comparison.json'} but cannot be read ({err}); "
-                                "rerun the same slao compare command to redo it") from None
+        for seed in comp["seeds"]:
+            for order in comp.get("orders") or [None]:
+                path = run_folder(folder, name, seed, order, by_order) / "results.json"
+                if not path.exists():
+                    continue  # not run yet: an interrupted comparison
+                try:
+                    runs[name].append(json.loads(path.read_text()))
+                except (OSError, ValueError) as err:
+                    raise DataError(f"{path} cannot be read ({err}); rerun the same slao compare command "
+                                    "to redo it") from None
+        runs[name] = [r for r in runs[name] if r.get("finished")]
+    comp.update(aggregate(runs, {k: v for k, v in comp.items() if k not in ("methods", "paired")}))
     return comp, runs

@@ -66,6 +66,8 @@ class EvalConfig:
     max_new_tokens: int = _f(50, "most tokens generated per answer (greedy)")
     zero_shot: bool = _f(False, "also score the untrained model on every task (needed for FWT)")
     bf16: bool = _f(False, "bf16 autocast for generation (faster on CPUs with bf16 units; may flip near-ties)")
+    rows: str = _f("all", "rows of the accuracy matrix scored: all (every metric) | diagonal-last (AA, BWT; "
+                          "F n/a) | last (AA only); the next task too with eval.zero_shot (FWT)")
 
 
 @dataclass
@@ -234,6 +236,7 @@ def _validate(cfg: RunConfig) -> None:
         (cfg.data.max_prompt_tokens >= 16, "data.max_prompt_tokens must be at least 16"),
         (cfg.train.lr_schedule in ("constant", "linear"), "train.lr_schedule must be constant or linear"),
         (cfg.data.metric in ("auto", "exact", "rougeL"), "data.metric must be auto, exact or rougeL"),
+        (cfg.eval.rows in ("all", "diagonal-last", "last"), "eval.rows must be all, diagonal-last or last"),
     ]
     for cap in ("train_per_task", "test_per_task"):
         n = getattr(cfg.data, cap)

@@ -59,14 +59,19 @@ def _greedy(model, tokenizer, ids, mask, max_new_tokens):
     )
 
 
-def score(task: Task, predictions: list[str]) -> float:
-    """Percent of test examples answered correctly (normalised exact match); ROUGE-L where set."""
+def example_scores(task: Task, predictions: list[str]) -> list[float]:
+    """Each test example's score in [0, 1] (exact match 0/1, or ROUGE-L F), in test order: what the
+    paired comparisons resample."""
     if task.metric == "rougeL":
         from slao.scores import rouge_l
 
-        values = [max(rouge_l(p, a) for a in ex.answers) for p, ex in zip(predictions, task.test, strict=True)]
-    else:
-        values = [exact_match(p, ex.answers) for p, ex in zip(predictions, task.test, strict=True)]
+        return [max(rouge_l(p, a) for a in ex.answers) for p, ex in zip(predictions, task.test, strict=True)]
+    return [float(exact_match(p, ex.answers)) for p, ex in zip(predictions, task.test, strict=True)]
+
+
+def score(task: Task, predictions: list[str]) -> float:
+    """Percent of test examples answered correctly (normalised exact match); ROUGE-L where set."""
+    values = example_scores(task, predictions)
     return 100.0 * sum(values) / len(values)
 
 

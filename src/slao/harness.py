@@ -22,7 +22,7 @@ from slao import checkpoint
 from slao.config import RunConfig, dump_yaml, to_dict
 from slao.encoding import TaskEncoder
 from slao.errors import ConfigError
-from slao.evaluate import evaluate_task
+from slao.evaluate import evaluate_task, example_scores
 from slao.lora import LoraAdapter
 from slao.methods import get_method
 from slao.metrics import all_metrics
@@ -80,6 +80,23 @@ def tasks_sha256(tasks) -> str:
     return h.hexdigest()
 
 
+def test_sha256(task) -> str:
+    """Hash of a task's test examples: paired comparisons check that two runs scored the same examples."""
+    record = [[x.text, list(x.answers)] for x in task.test]
+    return hashlib.sha256(json.dumps(record, ensure_ascii=False).encode()).hexdigest()
+
+
+def rows_to_evaluate(i: int, T: int, rows: str, zero_shot: bool, multi_task: bool) -> list[int]:
+    """Tasks (0-based) scored after task i (1-based) under ``eval.rows``: ``all`` the tasks seen so far
+    (the full matrix); ``diagonal-last`` only task i, and every task after the last (AA and BWT);
+    ``last`` every task after the last only (AA). With zero-shot scoring on, the next, not yet learned
+    task too (FWT reads R[i-1][i]). What is not scored stays null, and a metric that needs it is n/a."""
+    if multi_task or i == T:
+        return list(range(T))
+    tasks = {"all": list(range(i)), "diagonal-last": [i - 1], "last": []}[rows]
+    return tasks + [i] if zero_shot else tasks
+
+
 def run_meta(cfg: RunConfig, tasks, model_id: str) -> dict[str, str]:
     """What a checkpoint must have been written for to be resumed by this run."""
     return {"method": cfg.method.name, "base_model": model_id, "tasks": ",".join(t.name for t in tasks),
@@ -128,7 +145,7 @@ class Run:
         self.progress = {"accuracy": [[None] * T for _ in range(T)], "zero_shot": None,
                          "adapter_state_bytes": [None] * T, "train_seconds": [None] * T,
                          "eval_seconds": [None] * T, "train_steps": [None] * T, "train_tokens": [None] * T,
-                         "data_order": [None] * T}
+                         "data_order": [None] * T, "example_scores": [[None] * T for _ in range(T)]}
         self.meta = run_meta(cfg, tasks, model_id)
         self.predictions: dict[str, list[str]] = {}
 
@@ -146,15 +163,19 @@ class Run:
         p = self.progress
         return {
             "method": self.cfg.method.name, "model": self.model_id, "benchmark": self.cfg.benchmark,
-            "seed": self.cfg.seed, "tasks": self.names, "excluded": list(self.cfg.exclude), "finished": finished,
+            "seed": self.cfg.seed, "order": self.cfg.order, "tasks": self.names,
+            "excluded": list(self.cfg.exclude), "finished": finished,
             "num_processes": self.acc.num_processes,
-            "task_info": {t.name: {"metric": t.metric, "train": len(t.train), "test": len(t.test), **t.info}
-                          for t in self.tasks},
+            "task_info": {t.name: {"metric": t.metric, "train": len(t.train), "test": len(t.test),
+                                   "test_sha256": test_sha256(t), **t.info} for t in self.tasks},
             "accuracy": p["accuracy"], "zero_shot": p["zero_shot"],
             "metrics": all_metrics(p["accuracy"], p["zero_shot"]) if finished else None,
             "adapter_state_bytes": p["adapter_state_bytes"],
             "train_seconds": p["train_seconds"], "eval_seconds": p["eval_seconds"],
             "train_steps": p["train_steps"], "train_tokens": p["train_tokens"],
+            "eval_rows": self.cfg.eval.rows,
+            # per cell of the matrix, each test example's score in [0, 1] (null where not evaluated)
+            "example_scores": p["example_scores"],
             "versions": versions(),
         }
 
@@ -165,7 +186,7 @@ class Run:
         if loaded is None:
             return 0
         progress = loaded.progress
-        self.progress = {k: progress[k] for k in self.progress}
+        self.progress = {k: progress.get(k, v) for k, v in self.progress.items()}
         self.predictions = dict(progress["predictions"])
         self.method.load_state(loaded.state)
         self.adapter.set(self.method.unflatten("deploy", loaded.deploy))
@@ -188,11 +209,13 @@ class Run:
         checkpoint.write_atomic(path, "".join(kept))
 
     # -- the run -----------------------------------------------------------------------------------
-    def evaluate_row(self, upto: int, label: str) -> tuple[list[float | None], float]:
-        """Scores of tasks 0..upto-1 with the current (or the method's per-task) LoRA."""
+    def evaluate_row(self, tasks: list[int], label: str) -> tuple[list[float | None], list, float]:
+        """Scores of ``tasks`` (0-based) with the current (or the method's per-task) LoRA: the row of R,
+        each test example's score per task (None where not evaluated), and the seconds it took."""
         row: list[float | None] = [None] * len(self.tasks)
+        per_example: list[list[float] | None] = [None] * len(self.tasks)
         seconds, deployed = 0.0, None
-        for j in range(upto):
+        for j in tasks:
             weights = self.method.eval_weights(j)
             if weights is not None:
                 deployed = deployed or self.adapter.get()
@@ -203,8 +226,9 @@ class Run:
             if weights is not None:
                 self.adapter.set(deployed)
             row[j], seconds = value, seconds + s
+            per_example[j] = [round(v, 6) for v in example_scores(self.tasks[j], answers)]
             self.predictions[self.names[j]] = answers
-        return row, seconds
+        return row, per_example, seconds
 
     def zero_shot(self) -> None:
         with self.adapter.model.disable_adapter():
@@ -233,14 +257,14 @@ class Run:
         k = i - 1
         self.progress["adapter_state_bytes"][k] = self.method.state_bytes()
         self.adapter.set(deploy)
-        upto = len(self.tasks) if self.method.multi_task else i
-        if self.cfg.eval.zero_shot and not self.method.multi_task and i < len(self.tasks):
-            upto = i + 1  # the next, not yet learned task too: forward transfer needs R[i-1][i]
-        row, seconds = self.evaluate_row(upto, f"after {i}")
+        tasks = rows_to_evaluate(i, len(self.tasks), self.cfg.eval.rows, self.cfg.eval.zero_shot,
+                                 self.method.multi_task)
+        row, per_example, seconds = self.evaluate_row(tasks, f"after {i}")
         self.progress["accuracy"][k] = row
+        self.progress["example_scores"][k] = per_example
         self.progress["eval_seconds"][k] = round(seconds, 3)
-        self.echo(f"after task {i}: " + ", ".join(
-            f"{n} {v:.1f}" for n, v in zip(self.names, row, strict=True) if v is not None))
+        scored = [f"{n} {v:.1f}" for n, v in zip(self.names, row, strict=True) if v is not None]
+        self.echo(f"after task {i}: " + (", ".join(scored) or f"nothing scored (eval.rows={self.cfg.eval.rows})"))
         mine = checkpoint.rng_state()
         every = gather_object([mine]) if self.acc.num_processes > 1 else [mine]  # all processes take part
         if self.main:

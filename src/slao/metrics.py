@@ -10,6 +10,15 @@ from collections.abc import Sequence
 
 Matrix = Sequence[Sequence[float | None]]
 
+# Names, labels and direction of the metrics, for every table and comparison (rendered in slao.tables).
+METRICS = ("aa", "bwt", "forgetting", "fwt")
+LABELS = {"aa": "AA", "bwt": "BWT", "forgetting": "F", "fwt": "FWT"}
+# Forgetting is the only metric where smaller is better.
+HIGHER_IS_BETTER = {"aa": True, "bwt": True, "forgetting": False, "fwt": True}
+# The entries of R each metric reads (for eval.rows): the final row; the diagonal; every row; the row
+# before each task (with the untrained model's scores).
+NEEDS = {"aa": "last", "bwt": "diagonal-last", "forgetting": "all", "fwt": "zero-shot"}
+
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
@@ -81,3 +90,13 @@ def seen_average(R: Matrix) -> list[float | None]:
         seen = row[: i + 1]
         out.append(None if any(v is None for v in seen) else _mean(list(seen)))
     return out
+
+
+def order_spread(final_scores: Sequence[Sequence[float]]) -> dict[str, float | list[float] | None]:
+    """Order robustness (SAPT; design.md §5): ``final_scores[o][t]`` is task t's final score under order o
+    (tasks in one fixed naming, not the order's position). OPD_t = max_o - min_o; MOPD = max_t OPD_t,
+    AOPD = mean_t OPD_t. None with fewer than two orders."""
+    if len(final_scores) < 2:
+        return {"opd": None, "mopd": None, "aopd": None}
+    opd = [max(col) - min(col) for col in zip(*final_scores, strict=True)]
+    return {"opd": opd, "mopd": max(opd), "aopd": _mean(opd)}

@@ -1,66 +1,17 @@
-"""Text tables of a run (accuracy matrix, zero-shot row, metrics) and of a comparison, and ``slao report``."""
+"""``slao report``: the tables (rendered by slao.tables) and figures of a run or comparison folder."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-
-def _cell(v, width: int = 8) -> str:
-    return f"{'-' if v is None else f'{v:.1f}':>{width}}"
-
-
-def _short(name: str, width: int) -> str:
-    return name if len(name) <= width else name[: width - 1] + "~"
-
-
-def results_table(results: dict) -> str:
-    names = results["tasks"]
-    width = max(8, min(16, max(len(n) for n in names) + 1))
-    head = f"{'after task':<18}" + "".join(f"{_short(n, width - 1):>{width}}" for n in names)
-    seeds = results.get("seed_label") or f"seed {results['seed']}"
-    lines = [f"{results['method']} on {results['model']} ({results['benchmark']}, {seeds})",
-             "accuracy (%): row = after training that task, column = task scored", head]
-    for i, row in enumerate(results["accuracy"]):
-        if all(v is None for v in row):
-            continue
-        lines.append(f"{f'{i + 1}. ' + _short(names[i], 14):<18}" + "".join(_cell(v, width) for v in row))
-    if results.get("zero_shot"):
-        lines.append(f"{'zero-shot':<18}" + "".join(_cell(v, width) for v in results["zero_shot"]))
-    metrics = results.get("metrics") or {}
-    if metrics:
-        parts = [f"{k.upper() if k != 'forgetting' else 'F'} {'n/a' if v is None else f'{v:.1f}'}"
-                 for k, v in metrics.items()]
-        lines.append("metrics: " + ", ".join(parts) + "  (AA, BWT, forgetting, FWT in points)")
-    sizes = [b for b in results.get("adapter_state_bytes") or [] if b is not None]
-    if sizes:
-        lines.append(f"adapter state: {sizes[-1] / 1e6:.2f} MB after the last task "
-                     f"({sizes[0] / 1e6:.2f} MB after the first)")
-    return "\n".join(lines)
-
-
-# -- comparisons ------------------------------------------------------------------------------------
-def comparison_table(comp: dict) -> str:
-    """The comparison as aligned text: one row per method, mean ± std over seeds, then the noise verdicts."""
-    from slao.compare import LABELS, METRICS, NOISE_RULE, format_bytes, format_stat, noise_lines
-
-    head = ["method", "seeds"] + [LABELS[k] for k in METRICS] + ["adapter state", "train s", "eval s"]
-    rows = [[name, str(len(e["seeds"]))] + [format_stat(e[k]) for k in METRICS]
-            + [format_bytes(e["adapter_state_bytes"]), format_stat(e["train_seconds"]),
-               format_stat(e["eval_seconds"])] for name, e in comp["methods"].items()]
-    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
-    fmt = "  ".join(f"{{:<{w}}}" if c == 0 else f"{{:>{w}}}" for c, w in enumerate(widths))
-    lines = [f"comparison on {comp['model']} ({comp['benchmark']}), seeds {', '.join(map(str, comp['seeds']))}; "
-             f"{comp['runs_done']} of {comp['runs_total']} runs finished",
-             fmt.format(*head), *[fmt.format(*r) for r in rows],
-             "metrics in points (mean ± sample std over seeds); times are totals per run in seconds",
-             "noise: " + NOISE_RULE, *noise_lines(comp["noise"])]
-    return "\n".join(lines)
+from slao.tables import comparison_table, results_table
 
 
 def mean_results(name: str, runs: list[dict]) -> dict:
     """A results-like dict whose matrix is the mean over seeds, for results_table."""
-    from slao.compare import METRICS, mean_matrix, summarize
+    from slao.compare import mean_matrix, summarize
+    from slao.metrics import METRICS
 
     first = runs[0]
     zero = [r.get("zero_shot") for r in runs]
@@ -89,6 +40,11 @@ def report_path(path: str | Path, echo=print) -> list[Path]:
     if (path / "comparison.json").exists():
         comp, runs = load_comparison(path)
         echo(comparison_table(comp))
+        comp_md = path / "comparison.md"
+        from slao.compare import write_comparison
+
+        write_comparison(path, comp)  # the paired statistics, by this version's rules
+        echo(f"(rewrote {comp_md} and comparison.json)")
         for name, results in runs.items():
             if results:
                 echo("")

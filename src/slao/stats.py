@@ -1,0 +1,144 @@
+"""Paired statistics for comparing methods scored on the same test examples (design.md §5).
+
+Two methods of one comparison are trained on the same data and scored on the same test examples under
+each seed (and task order), so their difference is paired: a bootstrap that resamples the same examples
+for both methods cancels the examples' own difficulty, which an unpaired margin counts twice.
+
+The bootstrap is hierarchical. A *unit* is one run of every method: one seed (of one task order). Each
+replicate draws, within every order, as many seeds as it has with replacement; then, within every drawn
+unit and every task, as many test examples as the task has, with replacement. The same draw serves every
+row of the accuracy matrix (a task's example is the same example after every task) and every method, so
+one replicate gives every method's metrics and every pair's difference. A replicate's metric is the mean
+over its orders of the mean over its seeds, as the point estimate is.
+
+Pure functions on plain data; no model, no files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from slao.metrics import METRICS, all_metrics
+
+# Per unit, per method: ``scores[i][j]`` = each test example's score in [0, 1] on task j after task i
+# (None where not evaluated); the same examples in the same order for every method of the unit.
+Scores = Sequence[Sequence[Sequence[float] | None]]
+
+Z95 = 1.959964
+# With a 95% two-sided test, a true difference of (1.96 + 0.84) standard errors is detected 80% of the time.
+DETECT_FACTOR = 2.801585
+
+
+def _matrix(scores, idx: Sequence[np.ndarray | None]) -> list[list[float | None]]:
+    """The accuracy matrix in percent from per-example scores (arrays), task j's examples taken at idx[j]."""
+    return [[None if cell is None else 100.0 * float(cell[idx[j]].mean()) for j, cell in enumerate(row)]
+            for row in scores]
+
+
+def _metrics(scores, idx, zero_shot) -> dict[str, float | None]:
+    # zero_shot (FWT's baseline) is the same for every method of a unit, so it cancels in a difference.
+    return all_metrics(_matrix(scores, idx), zero_shot)
+
+
+def _arrays(scores: Scores) -> list[list[np.ndarray | None]]:
+    return [[None if cell is None else np.asarray(cell, dtype=np.float64) for cell in row] for row in scores]
+
+
+def _task_sizes(unit, method_scores: dict) -> list[int | None]:
+    """Test examples per task in ``unit``, the same for every method and row, else ValueError."""
+    sizes: list[int | None] = []
+    for method, by_unit in method_scores.items():
+        for row in by_unit.get(unit, []):
+            sizes += [None] * (len(row) - len(sizes))
+            for j, cell in enumerate(row):
+                if cell is None:
+                    continue
+                if sizes[j] is None:
+                    sizes[j] = len(cell)
+                elif sizes[j] != len(cell):
+                    raise ValueError(f"{unit}: {method} scored {len(cell)} test examples on task {j}, another "
+                                     f"row or method {sizes[j]}; a paired comparison needs the same examples")
+    return sizes
+
+
+def bootstrap_metrics(method_scores: dict[str, dict], groups: dict, *, replicates: int = 2000, seed: int = 0,
+                      zero_shot: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Replicates of every method's metrics under one shared resampling plan.
+
+    ``method_scores[method][unit]`` is a Scores matrix; ``groups`` maps each unit to its stratum (its task
+    order; one stratum when there are no orders). Units a method lacks are skipped for it (its metric
+    averages the units it has). Returns ``{method: {metric: array (replicates,)}}``, NaN where a metric is
+    undefined. Replicate 0 is the observed data (no resampling).
+    """
+    zero_shot = zero_shot or {}
+    units = sorted(groups)
+    strata: dict = {}
+    for unit in units:
+        strata.setdefault(groups[unit], []).append(unit)
+    sizes = {unit: _task_sizes(unit, method_scores) for unit in units}
+    arrays = {m: {u: _arrays(sc) for u, sc in by_unit.items()} for m, by_unit in method_scores.items()}
+    rng = np.random.default_rng(seed)
+    out = {m: {k: np.full(replicates, np.nan) for k in METRICS} for m in method_scores}
+    for b in range(replicates):
+        drawn: list[tuple] = []  # (stratum, unit, per-task indices)
+        for stratum, members in strata.items():
+            picks = members if b == 0 else [members[k] for k in rng.integers(len(members), size=len(members))]
+            for unit in picks:
+                idx = [None if not n else (np.arange(n) if b == 0 else rng.integers(n, size=n))
+                       for n in sizes[unit]]
+                drawn.append((stratum, unit, idx))
+        for method, by_unit in arrays.items():
+            per_stratum: dict = {}
+            for stratum, unit, idx in drawn:
+                if unit in by_unit:
+                    per_stratum.setdefault(stratum, []).append(_metrics(by_unit[unit], idx, zero_shot.get(unit)))
+            for key in METRICS:
+                means = []
+                for values in per_stratum.values():
+                    vals = [v[key] for v in values]
+                    if any(v is None for v in vals):
+                        means = None
+                        break
+                    means.append(sum(vals) / len(vals))
+                if means:
+                    out[method][key][b] = sum(means) / len(means)
+    return out
+
+
+def paired_interval(x: np.ndarray, y: np.ndarray) -> dict | None:
+    """The difference x - y (index 0 observed, the rest bootstrap replicates): estimate, 95% percentile
+    interval, standard error and the smallest difference detected 80% of the time (DETECT_FACTOR x SE).
+    None where either metric is undefined."""
+    if np.isnan(x[0]) or np.isnan(y[0]):
+        return None
+    diff = x - y
+    reps = diff[1:][~np.isnan(diff[1:])]
+    if len(reps) == 0:
+        return None
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    se = float(np.std(reps, ddof=1)) if len(reps) > 1 else 0.0
+    d = float(diff[0])
+    return {"diff": d, "lo": float(min(lo, d)), "hi": float(max(hi, d)), "se": se,
+            "detectable": DETECT_FACTOR * se, "separated": bool(lo > 0 or hi < 0),
+            "replicates": int(len(reps))}
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts: b examples only the first method got
+    right, c only the second (a binomial test of b against b + c at 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def discordant(x: Sequence[float], y: Sequence[float]) -> tuple[int, int]:
+    """(right only in x, right only in y) over paired 0/1 scores."""
+    b = sum(1 for u, v in zip(x, y, strict=True) if u >= 1.0 and v < 1.0)
+    c = sum(1 for u, v in zip(x, y, strict=True) if u < 1.0 and v >= 1.0)
+    return b, c
