@@ -77,3 +77,30 @@ def test_text_that_fits_is_encoded_whole_and_plain_text_is_cut_at_its_end(tok) -
 def test_passage_span_finds_the_labelled_passage(text: str, passage: str | None) -> None:
     span = Example(text=text, answers=("x",)).passage_span
     assert (text[span[0]:span[1]] if span else None) == passage
+
+
+def _bos_tokenizer(add_bos: bool):
+    """The tiny tokenizer with a BOS token, added to plain calls or not (Llama-2's add_bos_token)."""
+    from transformers import PreTrainedTokenizerFast
+
+    base = build_tiny_tokenizer()
+    return PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, bos_token="<|endoftext|>",
+                                   eos_token=base.eos_token, pad_token=base.pad_token, add_bos_token=add_bos)
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_prompts_start_with_bos_where_the_tokenizer_adds_it(add_bos: bool) -> None:
+    bos_tok = _bos_tokenizer(add_bos)
+    assert (bos_tok("hi")["input_ids"][0] == bos_tok.bos_token_id) is add_bos  # what the tokenizer itself does
+    task = _task(f"paragraph: {PASSAGE}\n{QUESTION}\n{CANDIDATE}")
+    plain = TaskEncoder(build_tiny_tokenizer(), task, 120)  # no BOS token at all (SmolLM2-like)
+    enc = TaskEncoder(bos_tok, task, 120)
+    train, test = enc.train_example(task.train[0]).prompt, enc.prompt(task.test[0])
+    assert train == test and len(test) <= 120
+    assert (test[0] == bos_tok.bos_token_id) is add_bos
+    assert bos_tok.bos_token_id not in plain.prompt(task.test[0])
+    if add_bos:
+        # the BOS takes one token of the budget; the rest is what a tokenizer without BOS gives in 119
+        assert test[1:] == TaskEncoder(build_tiny_tokenizer(), task, 119).prompt(task.test[0])
+    else:
+        assert test == plain.prompt(task.test[0])

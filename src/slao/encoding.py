@@ -17,14 +17,27 @@ class Encoded:
     answer: list[int]  # target ids (answer + end of sequence); empty for evaluation-only use
 
 
+def bos_ids(tokenizer) -> list[int]:
+    """``[bos_token_id]`` when the tokenizer puts it before a plain ``tokenizer(text)`` call (Llama-2:
+    add_bos_token, and its chat template starts with it), else ``[]`` (SmolLM2). Prompts are encoded
+    without special tokens, so this is how training and evaluation prompts both get the BOS the model saw
+    in pre-training."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    with_special = tokenizer("a")["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return [bos] if with_special[:1] == [bos] and without[:1] != [bos] else []
+
+
 class TaskEncoder:
-    """Encodes one task's examples; the frame's ids are computed once."""
+    """Encodes one task's examples; the frame's ids (BOS where the tokenizer adds one) are computed once."""
 
     def __init__(self, tokenizer, task: Task, max_prompt_tokens: int):
         self.tok = tokenizer
         self.task = task
         self.max_prompt_tokens = max_prompt_tokens
-        self.prefix = self._ids(task.prefix)
+        self.prefix = bos_ids(tokenizer) + self._ids(task.prefix)
         self.suffix = self._ids(task.suffix)
         room = max_prompt_tokens - len(self.prefix) - len(self.suffix)
         if room < 1:
