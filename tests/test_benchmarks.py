@@ -216,6 +216,36 @@ def test_long_reads_sapt_copy_in_ni_layout(tmp_path: Path) -> None:
     assert tasks[0].prefix.startswith("Definition: sst-2 definition")
 
 
+SAPT_FOLDERS = "agnews amazon boolq cb copa dbpedia imdb mnli multirc qqp rte sst2 wic yahoo yelp".split()
+
+
+def test_long_reads_sapt_long_sequence_folders_and_labels(tmp_path: Path) -> None:
+    # SAPT's CL_Benchmark/Long_Sequence: its own folder names (boolq, sst2), labels.json the option list
+    root = tmp_path / "Long_Sequence"
+    for folder in SAPT_FOLDERS:
+        labels = ["Positive", "Negative", "Neutral"] if folder == "mnli" else ["True", "False"]
+        pairs = [(f"{folder} text {i}", labels[i % 2]) for i in range(8)]  # a third label never used in train
+        definition = "Which one? Choose one from the option.\n"
+        _ni_file(root / folder / "train.json", definition, pairs)
+        _ni_file(root / folder / "test.json", definition, [*pairs[:3], (f"{folder} odd", "-")])
+        _ni_file(root / folder / "dev.json", definition, [("never read", "x")])
+        _write_json(root / folder / "labels.json", labels)
+    cfg = _cfg(benchmark="long", order=4, data_dir=str(root))
+    tasks = load_benchmark(cfg)
+    assert [t.name for t in tasks] == resolve_task_names(cfg)  # boolqa, sst-2 ... as the orders name them
+    by_name = {t.name: t for t in tasks}
+    assert by_name["mnli"].options == ["Positive", "Negative", "Neutral"]  # labels.json, in its order
+    assert by_name["boolqa"].options == ["True", "False"] and by_name["sst-2"].test[0].text == "sst2 text 0"
+    for task in tasks:
+        assert task.metric == "exact" and len(task.test) == 3
+        assert task.info["dropped_no_answer"] == {"train": 0, "test": 1}
+        assert "Option: " + ", ".join(task.options) in task.prefix
+    assert by_name["mnli"].info["files"]["labels"] == str(root / "mnli/labels.json")
+    (root / "cb/labels.json").write_text('{"not": "a list"}')
+    with pytest.raises(DataError, match=r"cb/labels.json: expected a non-empty JSON list"):
+        load_benchmark(_cfg(benchmark="long", tasks=["cb"], data_dir=str(root)))
+
+
 def test_superni_prompt_truncation_keeps_frame_and_answer(superni_dir: Path) -> None:
     from slao.encoding import TaskEncoder
     from slao.models import load_model

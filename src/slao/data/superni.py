@@ -10,7 +10,10 @@ The prompt is the Tk-Instruct "definition only" frame that SuperNI continual-lea
     Definition: <definition>\\n\\nNow complete the following example -\\nInput: <input>\\nOutput:
 
 Only ``<input>`` is cut when a prompt is too long. No option line is added: a Natural-Instructions
-definition already spells out the answers a classification task allows.
+definition already spells out the answers a classification task allows. SAPT's copy of the long sequence
+(``CL_Benchmark/Long_Sequence/<task>/{train,dev,test,labels}.json``) is read the same way, except that its
+``labels.json`` (a JSON list of label strings) is the option list, shown after the definition as
+``Option: a, b`` (its definitions are O-LoRA's instructions, which say "Choose one from the option").
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from slao.errors import ConfigError, DataError
 PREFIX = "Definition: {definition}\n\nNow complete the following example -\nInput: "
 SUFFIX = "\nOutput:"
 METRICS = ("auto", "exact", "rougeL")
+LABELS_FILE = "labels.json"
+# The long sequence's order names (design.md §4) whose SAPT folder has another name beyond case and
+# punctuation (sst-2 -> sst2 is matched by ignoring '-' and '_').
+ALIASES = {"boolqa": "boolq"}
 
 # The rule that makes a task an option task (scored by exact match) rather than free text (ROUGE-L):
 # its training answers form a small fixed set of short strings that repeat. The repeat condition keeps
@@ -65,17 +72,24 @@ def list_superni_tasks(data_dir: str | Path) -> list[str]:
     return sorted(d.name for d in data_dir.iterdir() if (d / "train.json").is_file() or (d / "test.json").is_file())
 
 
+def _loose(name: str) -> str:
+    return ALIASES.get(name.lower(), name.lower()).replace("-", "").replace("_", "")
+
+
 def find_superni_task(data_dir: str | Path, name: str) -> Path:
-    """The task folder named ``name`` (exactly, else case-insensitively) under ``data_dir``."""
+    """The task folder named ``name`` under ``data_dir``: exactly, else case-insensitively, else ignoring
+    '-' and '_' and through ``ALIASES`` (the long sequence's ``boolqa``, ``sst-2`` are SAPT's ``boolq``,
+    ``sst2``)."""
     data_dir = Path(data_dir)
     found = list_superni_tasks(data_dir)
     if name in found:
         return data_dir / name
-    matches = [f for f in found if f.lower() == name.lower()]
-    if len(matches) == 1:
-        return data_dir / matches[0]
-    if len(matches) > 1:
-        raise DataError(f"task name {name!r} is ambiguous under {data_dir}: {', '.join(matches)}")
+    for same in (lambda f: f.lower() == name.lower(), lambda f: _loose(f) == _loose(name)):
+        matches = [f for f in found if same(f)]
+        if len(matches) == 1:
+            return data_dir / matches[0]
+        if len(matches) > 1:
+            raise DataError(f"task name {name!r} is ambiguous under {data_dir}: {', '.join(matches)}")
     raise DataError(
         f"no task folder named {name!r} (with train.json or test.json) under {data_dir}; "
         f"available: {', '.join(found) or 'none'}"
@@ -130,9 +144,15 @@ def load_superni_task(
         info["files"][split] = str(source)
         info["test_carved_from_train" if split == "train" else "train_carved_from_test"] = {
             "fraction": carve_test, "seed": seed}
-    options = infer_options(train)
+    labels_file = folder / LABELS_FILE
+    if labels_file.is_file():  # SAPT's long sequence: the published option list, in its order
+        options = read_labels(labels_file)
+        info["files"]["labels"] = str(labels_file)
+        definition += "\nOption: " + ", ".join(options)
+    else:
+        options = infer_options(train)
     metric = pick_metric(metric, options, f"task {name!r}")
-    info["metric_rule"] = "options" if options else "free-text"
+    info["metric_rule"] = "labels.json" if labels_file.is_file() else "options" if options else "free-text"
     return Task(
         name=name,
         prefix=PREFIX.format(definition=definition),
@@ -143,6 +163,19 @@ def load_superni_task(
         metric=metric,
         info=info,
     )
+
+
+def read_labels(path: Path) -> list[str]:
+    """The option list of a ``labels.json`` file: a non-empty JSON list of strings."""
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: line {err.lineno}: malformed JSON ({err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason})") from None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise DataError(f"{path}: expected a non-empty JSON list of label strings")
+    return labels
 
 
 def read_task_file(path: Path, hint: str = "") -> tuple[str, list[Example]]:
