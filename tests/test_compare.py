@@ -1,24 +1,21 @@
 """slao compare: the folder layout, comparison.json recomputed from the runs' results.json, resuming
-without rerunning, up-front validation of method names, and the noise verdicts on hand-made inputs."""
+without rerunning, up-front validation of method names and orders, grids over task orders, and the
+paired statistics written from real runs' per-example scores."""
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 
 import pytest
 
 from jsonl_tasks import write_jsonl_tasks
-from slao import compare
 from slao.cli import main
 from slao.compare import (
     aggregate,
-    binomial_half_width,
-    compare_pair,
     mean_matrix,
-    noise_flags,
     parse_methods,
+    parse_orders,
     parse_seeds,
     run_comparison,
     summarize,
@@ -84,8 +81,22 @@ def test_compare_writes_runs_and_aggregates(compared):
     md = (out / "comparison.md").read_text()
     for method in METHODS:
         assert f"| {method} | 2 |" in md
-    assert "within noise" in md or "beyond noise" in md
-    assert "mean ± 2·std/√n" in md
+    assert "## Paired comparisons" in md and "paired bootstrap (2000 replicates)" in md
+    assert "| slao − seq-lora |" in md and "- slao vs seq-lora: AA: " in md
+    assert "within noise" not in md  # the unpaired margin is gone
+    paired = comp["paired"]
+    assert paired["reference"] == "slao" and sorted(paired["units"]) == [[None, 0], [None, 1]]
+    aa = paired["pairs"]["slao vs seq-lora"]["aa"]
+    diff = comp["methods"]["slao"]["aa"]["mean"] - comp["methods"]["seq-lora"]["aa"]["mean"]
+    assert aa["diff"] == pytest.approx(diff) and aa["lo"] <= aa["diff"] <= aa["hi"]
+    # every cell that was scored keeps each test example's score; the task's percent is their mean
+    r = json.loads((out / "slao" / "seed-0" / "results.json").read_text())
+    for i, row in enumerate(r["accuracy"]):
+        for j, v in enumerate(row):
+            cell = r["example_scores"][i][j]
+            assert (v is None) == (cell is None)
+            if cell is not None:
+                assert len(cell) == 4 and v == pytest.approx(100.0 * sum(cell) / len(cell))
 
 
 def test_second_invocation_does_not_rerun(compared, monkeypatch, capsys):
@@ -181,54 +192,78 @@ def test_summarize_and_mean_matrix():
     assert mean_matrix([[[1.0, None]], [[3.0, 2.0]]]) == [[2.0, None]]
 
 
-def _entry(aa, std=None, n=1, bwt=None, forgetting=None, test=64, tasks=1):
-    def stat(m):
-        return {"mean": m, "std": std if m is not None else None, "n": n if m is not None else 0}
-
-    return {"aa": stat(aa), "bwt": stat(bwt), "forgetting": stat(forgetting), "fwt": stat(None),
-            "test_examples": test * tasks, "test_per_task_mean": test}
-
-
-def test_binomial_half_width_matches_the_trial():
-    # 64 test examples at 50%: about 12 points either side (the trial's interval)
-    assert binomial_half_width(0.5, 64) == pytest.approx(12.25)
-    assert binomial_half_width(0.0, 64) == 0.0 and binomial_half_width(0.5, 0) == math.inf
+def test_parse_orders():
+    assert parse_orders(None, "long") is None and parse_orders("4,5,6", "long") == [4, 5, 6]
+    with pytest.raises(ConfigError, match="its orders: 4, 5, 6"):
+        parse_orders("1,4", "long")
+    with pytest.raises(ConfigError, match="has no order 1"):
+        parse_orders("1", "jsonl")
+    for bad in ("a", "4,4", ","):
+        with pytest.raises(ConfigError):
+            parse_orders(bad, "long")
 
 
-def test_noise_one_seed_uses_binomial_width():
-    best, close, far = _entry(60.0), _entry(52.0), _entry(40.0)
-    near = compare_pair("aa", best, close)  # 8 points < 1.96*sqrt(.56*.44/64)*100 = 12.2
-    assert near["rule"] == "binomial" and near["within_noise"] and near["diff"] == -8.0
-    assert near["margin"] == pytest.approx(binomial_half_width(0.56, 64))
-    assert not compare_pair("aa", best, far)["within_noise"]
-    # AA uses all test examples together: with 4 tasks the same 8 points are beyond noise
-    assert not compare_pair("aa", _entry(60.0, tasks=4), _entry(52.0, tasks=4))["within_noise"]
+def _order_results(method, seed, order, tasks, final):
+    """Fake finished results of a two-task run in ``order``; ``final`` maps task -> final score."""
+    first = [final[tasks[0]] + 5.0, None]
+    R = [first, [final[t] for t in tasks]]
+    scores = [[[1.0] * 4, None], [[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]]]
+    res = _fake_results(method, seed, R)
+    return {**res, "order": order, "tasks": tasks, "example_scores": scores, "finished": True,
+            "task_info": {t: {"test": 4, "metric": "exact", "test_sha256": t} for t in tasks}}
 
 
-def test_noise_with_seeds_uses_interval_overlap():
-    # a large test set, so that the seeds' spread is the larger margin
-    a, b = _entry(60.0, std=4.0, n=4, test=10000), _entry(55.0, std=2.0, n=4, test=10000)
-    v = compare_pair("aa", a, b)  # margin 2*4/2 + 2*2/2 = 6 >= 5
-    assert v["rule"] == "seeds" and v["margin"] == pytest.approx(6.0) and v["within_noise"]
-    assert not compare_pair("aa", a, _entry(53.0, std=2.0, n=4, test=10000))["within_noise"]
+def test_grid_over_orders_layout_and_order_robustness(tmp_path):
+    cfg = build_config({"benchmark": "packaged"})
+    calls = []
+    finals = {1: {"bbc-topic": 80.0, "rt-sentiment": 60.0}, 2: {"bbc-topic": 70.0, "rt-sentiment": 66.0}}
+    spread = {"slao": 1.0, "seq-lora": 2.0}
+
+    def runner(run_cfg, folder):
+        calls.append((run_cfg.method.name, run_cfg.order, run_cfg.seed, folder.relative_to(tmp_path).as_posix()))
+        order = run_cfg.order
+        tasks = ["bbc-topic", "rt-sentiment"] if order == 1 else ["rt-sentiment", "bbc-topic"]
+        final = {t: v + spread[run_cfg.method.name] * (order - 1) for t, v in finals[order].items()}
+        results = _order_results(run_cfg.method.name, run_cfg.seed, order, tasks, final)
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(results))
+        return results
+
+    comp = run_comparison(cfg, METHODS, [0, 1], tmp_path, echo=lambda *a: None, runner=runner, orders=[1, 2])
+    assert ("slao", 2, 1, "slao/order-2/seed-1") in calls and len(calls) == 8
+    assert comp["orders"] == [1, 2] and comp["runs_done"] == comp["runs_total"] == 8
+    rob = comp["methods"]["slao"]["order_robustness"]
+    # bbc-topic: 80 (order 1) vs 70 + 1 (order 2); rt-sentiment: 60 vs 66 + 1
+    assert rob["opd"] == {"bbc-topic": pytest.approx(9.0), "rt-sentiment": pytest.approx(7.0)}
+    assert rob["mopd"] == pytest.approx(9.0) and rob["aopd"] == pytest.approx(8.0)
+    assert comp["methods"]["seq-lora"]["order_robustness"]["mopd"] == pytest.approx(8.0)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "## Order robustness" in md and "| slao | 9.0 | 8.0 | bbc-topic (9.0) |" in md
+    assert len(comp["paired"]["units"]) == 4  # (order, seed) pairs
+    # identical per-example scores for both methods: a zero-width interval at zero, no difference detected
+    aa = comp["paired"]["pairs"]["slao vs seq-lora"]["aa"]
+    assert aa["lo"] == aa["hi"] == 0.0 == aa["diff"] and not aa["separated"]
+    assert "no difference detected" in md
+    from slao.compare import load_comparison
+
+    again, runs = load_comparison(tmp_path)
+    assert len(runs["slao"]) == 4 and again["methods"]["slao"]["order_robustness"]["mopd"] == pytest.approx(9.0)
 
 
-def test_noise_small_seed_spread_does_not_hide_test_set_noise():
-    # two seeds that happen to agree (std 0) on 64 examples: 5 points are still within the binomial width
-    v = compare_pair("aa", _entry(60.0, std=0.0, n=2), _entry(55.0, std=0.0, n=2))
-    assert v["rule"] == "binomial" and v["within_noise"] and v["margin"] == pytest.approx(12.1, abs=0.1)
+def test_runs_scored_on_different_examples_are_refused():
+    from slao.errors import DataError
+
+    a = _order_results("x", 0, None, ["a", "b"], {"a": 50.0, "b": 50.0})
+    b = _order_results("y", 0, None, ["a", "b"], {"a": 50.0, "b": 50.0})
+    b["task_info"]["a"]["test_sha256"] = "other"
+    with pytest.raises(DataError, match="different test examples"):
+        aggregate({"x": [a], "y": [b]}, {})
 
 
-def test_noise_flags_pick_the_best_per_metric():
-    methods = {"slao": _entry(60.0, bwt=-2.0, forgetting=3.0), "seq": _entry(45.0, bwt=-0.5, forgetting=9.0),
-               "mtl": _entry(62.0)}
-    flags = noise_flags(methods)
-    assert flags["aa"]["best"] == "mtl" and flags["aa"]["others"]["slao"]["within_noise"]
-    assert not flags["aa"]["others"]["seq"]["within_noise"]
-    assert flags["bwt"]["best"] == "seq" and set(flags["bwt"]["others"]) == {"slao"}  # mtl has no BWT
-    assert flags["forgetting"]["best"] == "slao" and flags["forgetting"]["higher_is_better"] is False
-    assert "fwt" not in flags
-    text = "\n".join(compare.noise_lines(flags))
-    assert "- AA: mtl is highest (62.0); slao -2.0 (within noise" in text and "seq -17.0 (beyond noise" in text
-    tie = noise_flags({"a": _entry(0.0), "b": _entry(0.0)})
-    assert compare.noise_lines(tie)[0] == "- AA: all methods score 0.0; nothing to rank."
+def test_mcnemar_in_the_comparison():
+    a = _order_results("x", 0, None, ["a", "b"], {"a": 75.0, "b": 75.0})
+    b = _order_results("y", 0, None, ["a", "b"], {"a": 50.0, "b": 75.0})
+    b["example_scores"][-1][0] = [0.0, 0.0, 1.0, 1.0]  # x right on example 0, y not; y never alone
+    comp = aggregate({"x": [a], "y": [b]}, {})
+    m = comp["paired"]["pairs"]["x vs y"]["mcnemar"]
+    assert m["a"] == {"x_only": 1, "y_only": 0, "p": 1.0} and m["b"]["x_only"] == m["b"]["y_only"] == 0

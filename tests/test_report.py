@@ -72,7 +72,7 @@ def test_report_of_a_comparison(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "slao" in printed and "mtl" in printed
-    assert "mean over seeds 0, 1" in printed and "noise:" in printed
+    assert "mean over seeds 0, 1" in printed and "paired comparisons:" in printed
     _check_pngs(tmp_path, ["accuracy-slao.png", "accuracy-mtl.png", "seen-average.png", "adapter-state.png"],
                 printed)
     (tmp_path / "mtl" / "seed-1" / "results.json").unlink()

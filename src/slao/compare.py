@@ -104,6 +104,7 @@ def aggregate_method(runs: Sequence[dict]) -> dict:
     """One method's entry of comparison.json from its finished runs' results dicts (all seeds and orders:
     a metric's mean is over every run, so over orders the mean of equal numbers of seeds)."""
     out: dict = {"seeds": sorted({r["seed"] for r in runs}), "runs": len(runs),
+                 "units": [[r.get("order"), r["seed"]] for r in runs],
                  "orders": sorted({r["order"] for r in runs if r.get("order") is not None})}
     for key in METRICS:
         out[key] = summarize([(r.get("metrics") or {}).get(key) for r in runs])
@@ -218,7 +219,7 @@ def mcnemar_final_row(xs: Sequence[dict], ys: Sequence[dict]) -> dict:
 def aggregate(runs: dict[str, Sequence[dict]], summary: dict, replicates: int = BOOTSTRAP_REPLICATES) -> dict:
     """comparison.json: the config summary, per method its aggregate (see aggregate_method), and the paired
     comparisons of every pair of methods (see paired_comparisons)."""
-    methods = {name: aggregate_method(list(rs)) for name, rs in runs.items() if rs}
+    methods = {name: aggregate_method(list(rs)) for name, rs in runs.items()}
     return {**summary, "methods": methods, "paired": paired_comparisons(runs, replicates)}
 
 
@@ -305,24 +306,21 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
 
 
 def load_comparison(folder: str | Path) -> tuple[dict, dict[str, list[dict]]]:
-    """comparison.json and each method's finished results (seed order, then task order) from a comparison
-    folder; the paired statistics are computed afresh, by this version's rules."""
+    """comparison.json and each method's finished results from a comparison folder; the aggregates and
+    paired statistics are computed afresh from the runs, by this version's rules."""
     folder = Path(folder)
     comp = json.loads((folder / "comparison.json").read_text())
     by_order = bool(comp.get("orders"))
     runs: dict[str, list[dict]] = {}
-    for name in comp["methods"]:
+    for name, entry in comp["methods"].items():
+        units = entry.get("units") or [[None, seed] for seed in entry["seeds"]]
         runs[name] = []
-        for seed in comp["seeds"]:
-            for order in comp.get("orders") or [None]:
-                path = run_folder(folder, name, seed, order, by_order) / "results.json"
-                if not path.exists():
-                    continue  # not run yet: an interrupted comparison
-                try:
-                    runs[name].append(json.loads(path.read_text()))
-                except (OSError, ValueError) as err:
-                    raise DataError(f"{path} cannot be read ({err}); rerun the same slao compare command "
-                                    "to redo it") from None
-        runs[name] = [r for r in runs[name] if r.get("finished")]
+        for order, seed in units:
+            path = run_folder(folder, name, seed, order, by_order) / "results.json"
+            try:
+                runs[name].append(json.loads(path.read_text()))
+            except (OSError, ValueError) as err:
+                raise DataError(f"{path} is listed in {folder / 'comparison.json'} but cannot be read ({err}); "
+                                "rerun the same slao compare command to redo it") from None
     comp.update(aggregate(runs, {k: v for k, v in comp.items() if k not in ("methods", "paired")}))
     return comp, runs

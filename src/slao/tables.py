@@ -164,9 +164,9 @@ def _header(comp: dict) -> str:
     orders = comp.get("orders")
     where = (f"orders {', '.join(map(str, orders))}" if orders
              else f"tasks {', '.join(comp.get('tasks') or [])}")
-    return (f"Model {comp['model']}, benchmark {comp['benchmark']}, {where}; train_per_task "
-            f"{comp['train_per_task']}, test_per_task {comp['test_per_task']}; seeds {seeds} "
-            f"({comp['runs_done']} of {comp['runs_total']} runs finished).")
+    return (f"Model {comp.get('model')}, benchmark {comp.get('benchmark')}, {where}; train_per_task "
+            f"{comp.get('train_per_task')}, test_per_task {comp.get('test_per_task')}; seeds {seeds} "
+            f"({comp.get('runs_done')} of {comp.get('runs_total')} runs finished).")
 
 
 def _paired_section(comp: dict, layout) -> list[str]:

@@ -1,0 +1,103 @@
+"""Paired statistics on synthetic per-example results whose differences are known (slao.stats)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slao import stats
+
+
+def _matrix(rng, T: int, n: int, p: float, full: bool = True):
+    """Per-example 0/1 scores: row i holds tasks 0..i (every row when ``full``), each n examples."""
+    return [[list((rng.random(n) < p).astype(float)) if (j <= i or not full) else None for j in range(T)]
+            for i in range(T)]
+
+
+def _shift(scores, k: int):
+    """The same results with the first k wrong examples of every task in the final row made right."""
+    out = [[None if c is None else list(c) for c in row] for row in scores]
+    for cell in out[-1]:
+        wrong = [e for e, v in enumerate(cell) if v == 0.0][:k]
+        for e in wrong:
+            cell[e] = 1.0
+    return out
+
+
+def _boot(method_scores, units, replicates=1000):
+    return stats.bootstrap_metrics(method_scores, {u: "o" for u in units}, replicates=replicates, seed=3)
+
+
+def test_identical_inputs_give_exactly_zero_width_at_zero():
+    rng = np.random.default_rng(0)
+    s = {u: _matrix(rng, 3, 30, 0.6) for u in (0, 1)}
+    boot = _boot({"x": s, "y": s}, [0, 1])
+    for key in ("aa", "bwt", "forgetting"):
+        iv = stats.paired_interval(boot["x"][key], boot["y"][key])
+        assert iv["diff"] == iv["lo"] == iv["hi"] == 0.0 and iv["se"] == 0.0 and not iv["separated"]
+
+
+def test_known_difference_is_estimated_exactly_and_covered():
+    rng = np.random.default_rng(1)
+    T, n, k = 4, 50, 5  # 5 more right answers of 50 on every task: AA higher by exactly 10 points
+    y = {u: _matrix(rng, T, n, 0.5) for u in (0, 1, 2)}
+    x = {u: _shift(s, k) for u, s in y.items()}
+    boot = _boot({"x": x, "y": y}, [0, 1, 2])
+    aa = stats.paired_interval(boot["x"]["aa"], boot["y"]["aa"])
+    assert aa["diff"] == pytest.approx(100.0 * k / n)
+    assert aa["lo"] <= 10.0 <= aa["hi"] and aa["separated"] and aa["lo"] > 0
+    # the earlier tasks' final scores rose by 10, their diagonal did not: BWT up by 10, F down by 10 at most
+    bwt = stats.paired_interval(boot["x"]["bwt"], boot["y"]["bwt"])
+    assert bwt["diff"] == pytest.approx(10.0) and bwt["lo"] <= 10.0 <= bwt["hi"]
+    # paired: the shift is the same in every replicate for AA (only which examples flip could vary)
+    assert aa["hi"] - aa["lo"] < 6.0
+
+
+def test_no_difference_is_not_called_a_difference():
+    # two methods drawn from the same distribution: the interval covers zero and the verdict says so
+    rng = np.random.default_rng(2)
+    x = {u: _matrix(rng, 3, 40, 0.6) for u in (0, 1)}
+    y = {u: _matrix(rng, 3, 40, 0.6) for u in (0, 1)}
+    boot = _boot({"x": x, "y": y}, [0, 1])
+    aa = stats.paired_interval(boot["x"]["aa"], boot["y"]["aa"])
+    assert aa["lo"] <= 0.0 <= aa["hi"] and not aa["separated"]
+    assert aa["detectable"] == pytest.approx(stats.DETECT_FACTOR * aa["se"]) and aa["detectable"] > 0
+
+
+def test_interval_coverage_over_repeated_experiments():
+    # 60 independent experiments with a true AA difference of 8 points per example draw: the 95% interval
+    # should cover the truth in most of them (a loose bound: the bootstrap over seeds is conservative)
+    rng = np.random.default_rng(5)
+    covered = 0
+    for _ in range(60):
+        ys = {u: [[list((rng.random(40) < 0.5).astype(float))]] for u in (0, 1)}
+        xs = {u: [[list((rng.random(40) < 0.58).astype(float))]] for u in (0, 1)}
+        boot = _boot({"x": xs, "y": ys}, [0, 1], replicates=300)
+        iv = stats.paired_interval(boot["x"]["aa"], boot["y"]["aa"])
+        covered += iv["lo"] <= 8.0 <= iv["hi"]
+    assert covered >= 52
+
+
+def test_strata_average_orders_and_missing_rows_are_not_invented():
+    rng = np.random.default_rng(4)
+    s = _matrix(rng, 3, 20, 0.5)
+    diag_last = [[c if (i == j or i == 2) else None for j, c in enumerate(row)] for i, row in enumerate(s)]
+    boot = stats.bootstrap_metrics({"x": {("a", 0): diag_last, ("b", 0): diag_last}},
+                                   {("a", 0): "a", ("b", 0): "b"}, replicates=50)
+    assert np.isnan(boot["x"]["forgetting"]).all()  # F needs every row: n/a, never a number
+    assert not np.isnan(boot["x"]["bwt"]).any() and not np.isnan(boot["x"]["aa"]).any()
+    assert stats.paired_interval(boot["x"]["forgetting"], boot["x"]["forgetting"]) is None
+
+
+def test_different_example_counts_cannot_be_paired():
+    a = [[[1.0, 0.0, 1.0]]]
+    b = [[[1.0, 0.0]]]
+    with pytest.raises(ValueError, match="same examples"):
+        stats.bootstrap_metrics({"x": {0: a}, "y": {0: b}}, {0: "o"}, replicates=10)
+
+
+def test_mcnemar_exact_values():
+    assert stats.mcnemar_exact(0, 0) == 1.0 and stats.mcnemar_exact(4, 4) == 1.0
+    assert stats.mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert stats.mcnemar_exact(9, 1) == pytest.approx(2 * 11 / 1024)
+    assert stats.discordant([1, 1, 0, 0, 1], [1, 0, 1, 0, 0]) == (2, 1)
