@@ -241,3 +241,25 @@ def test_every_method_resumes_to_the_same_result(method, tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "save", real_save)
     assert main(["run", "--resume", str(cut)]) == 0
     assert_same_run(whole, cut)
+
+
+def test_settings_added_since_a_run_count_as_their_defaults():
+    from slao.config import RunConfig, to_dict
+    from slao.harness import config_differences
+
+    new = to_dict(RunConfig())
+    old = to_dict(RunConfig())
+    del old["eval"]["rows"], old["method"]["magmax"]  # written before these settings existed
+    assert config_differences(old, new) == []
+    new["eval"]["rows"] = "last"
+    assert config_differences(old, new) == ["eval.rows: 'all' -> 'last'"]
+
+
+def test_bad_method_settings_are_refused_when_the_config_is_built():
+    from slao.config import build_config
+    from slao.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="schedule"):
+        build_config({"method": {"name": "slao", "slao": {"schedule": 1.5}}})
+    with pytest.raises(ConfigError, match="unknown method"):
+        build_config({"method": {"name": "nope"}})

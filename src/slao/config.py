@@ -246,6 +246,10 @@ def _validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    from slao.methods import get_method
+
+    # The method's own settings (a schedule, a scale) are checked by the method: here, before any model loads.
+    get_method(cfg.method.name)(cfg.method, {}, cfg.lora.r)
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -65,7 +65,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
+    """Settings that differ between two resolved configs. A setting the old config lacks (it was written
+    by a version before the setting existed) counts as its default, which is what that version did."""
     a, b = _flat(old), _flat(new)
+    defaults = _flat(to_dict(RunConfig()))
+    for k in set(b) - set(a):
+        if k in defaults:
+            a[k] = defaults[k]
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k not in NEUTRAL_KEYS and a.get(k) != b.get(k)]
 
