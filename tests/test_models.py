@@ -188,3 +188,17 @@ def test_smollm2_converts_once_and_reloads_identically(tmp_path, monkeypatch, ca
         assert torch.equal(cached(ids).logits, reference)
     assert cached.dtype == torch.float32
     print(f"\nsmollm2 conversion {converted_s:.1f} s, cached reload {cached_s:.1f} s")
+
+
+def test_the_vocabulary_projection_gets_a_contiguous_input_in_generation():
+    # generation projects hidden[:, -1:, :], a strided view; a bf16 CPU matmul of it copies the whole
+    # output weight once per row, so the model hands the projection a contiguous copy
+    from slao.models import load_model
+
+    model, tok = load_model("tiny-random", dtype=torch.bfloat16)
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
+                   pad_token_id=tok.pad_token_id)
+    assert seen and all(seen)
