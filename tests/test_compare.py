@@ -267,3 +267,21 @@ def test_mcnemar_in_the_comparison():
     comp = aggregate({"x": [a], "y": [b]}, {})
     m = comp["paired"]["pairs"]["x vs y"]["mcnemar"]
     assert m["a"] == {"x_only": 1, "y_only": 0, "p": 1.0} and m["b"]["x_only"] == m["b"]["y_only"] == 0
+
+
+def test_collect_gathers_finished_cells_and_runs_nothing(compared, tmp_path, capsys):
+    import shutil
+
+    data, out = compared
+    part = tmp_path / "part"
+    shutil.copytree(out / "slao", part / "slao")  # one method's cells finished elsewhere
+    args = [a if a != str(out) else str(part) for a in _args(data, out)]
+    assert main([*args, "--collect"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("not finished") == 2 and printed.count("finished earlier") == 2
+    comp = json.loads((part / "comparison.json").read_text())
+    assert comp["runs_done"] == 2 and comp["runs_total"] == 4
+    assert comp["methods"]["slao"]["seeds"] == SEEDS and comp["methods"]["seq-lora"]["seeds"] == []
+    assert not (part / "seq-lora").exists()
+    assert main([*[a if a != str(out) else str(tmp_path / "empty") for a in _args(data, out)], "--collect"]) == 2
+    assert "no finished run of this grid" in capsys.readouterr().err

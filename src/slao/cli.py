@@ -132,7 +132,7 @@ def cmd_compare(args) -> int:
     cfg = build_from_args(args)
     seeds = parse_seeds(args.seeds, default=cfg.seed)
     orders = parse_orders(args.orders, cfg.benchmark)
-    comp = run_comparison(cfg, methods, seeds, Path(args.output), orders=orders)
+    comp = run_comparison(cfg, methods, seeds, Path(args.output), orders=orders, collect=args.collect)
     print(comparison_table(comp))
     print(f"comparison folder: {args.output} (comparison.json, comparison.md); figures: slao report {args.output}")
     return 0
@@ -209,6 +209,9 @@ def make_parser() -> argparse.ArgumentParser:
                                     "method x order x seed (default: the one order of --order)")
     p.add_argument("--output", required=True,
                    help="comparison folder: DIR/<method>/[order-<o>/]seed-<n>/ and comparison.*")
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: gather the grid's finished runs (made by separate jobs into the same "
+                        "folder) into comparison.json/.md and list the missing ones")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="print the tables of a run or comparison folder and draw its figures")
     p.add_argument("path", help="a run folder (slao run) or a comparison folder (slao compare)")

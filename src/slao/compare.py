@@ -266,9 +266,12 @@ def write_comparison(out: Path, comp: dict) -> None:
 
 def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str | Path,
                    echo: Callable = print, runner: Callable | None = None,
-                   orders: Sequence[int] | None = None) -> dict:
+                   orders: Sequence[int] | None = None, collect: bool = False) -> dict:
     """Run every method for every order and seed into ``out/<method>/[order-<o>/]seed-<n>/`` under one
-    config; finished runs are read back, not rerun. comparison.json/.md are rewritten after every run."""
+    config; finished runs are read back, not rerun. comparison.json/.md are rewritten after every run.
+
+    With ``collect`` nothing runs: the finished runs of the grid are gathered (cells run elsewhere, by
+    separate jobs or sessions, into the same folder) and the missing ones listed."""
     from slao.harness import run_experiment
     from slao.methods import get_method
     from slao.tasks import resolve_task_names
@@ -281,7 +284,8 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
     grid_orders = list(orders) if orders else [cfg.order]
     tasks = None if by_order else resolve_task_names(cfg)
     done: dict[str, list[dict]] = {m: [] for m in methods}
-    total, count = len(methods) * len(seeds) * len(grid_orders), 0
+    total, count, done_count = len(methods) * len(seeds) * len(grid_orders), 0, 0
+    comp: dict = {}
     # Seeds outermost, then orders, so an interrupted grid holds every method for the first seeds.
     for seed in seeds:
         for order in grid_orders:
@@ -292,16 +296,22 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
                 folder = run_folder(out, name, seed, order, by_order)
                 what = f"{name}, {f'order {order}, ' if by_order else ''}seed {seed}"
                 results = _finished_results(folder, run_cfg)
+                if results is None and collect:
+                    echo(f"[{count}/{total}] {what}: not finished in {folder} (left out)")
+                    continue
                 if results is None:
                     echo(f"[{count}/{total}] {what} -> {folder}")
                     results = runner(run_cfg, folder)
                 else:
                     echo(f"[{count}/{total}] {what}: finished earlier, read from {folder}")
                 done[name].append(results)
+                done_count += 1
                 tasks = tasks or (None if by_order else results["tasks"])
                 summary = config_summary(cfg, methods, seeds, tasks, orders)
-                comp = aggregate(done, {**summary, "runs_done": count, "runs_total": total})
+                comp = aggregate(done, {**summary, "runs_done": done_count, "runs_total": total})
                 write_comparison(out, comp)
+    if not comp:
+        raise ConfigError(f"no finished run of this grid in {out}; run slao compare without --collect first")
     return comp
 
 
