@@ -119,7 +119,8 @@ def test_report_of_real_comparison(compared, capsys):
     assert main(["report", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "slao" in printed and "seq-lora" in printed and "mean over seeds 0, 1" in printed
-    for name in ("accuracy-slao.png", "accuracy-seq-lora.png", "seen-average.png", "adapter-state.png"):
+    for name in ("accuracy-slao.png", "accuracy-seq-lora.png", "seen-average.png", "adapter-state.png",
+                 "paired-differences.png"):
         path = out / "figures" / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(path) in printed
 

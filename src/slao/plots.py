@@ -181,6 +181,42 @@ def state_size_figure(runs: dict[str, Sequence[dict]], title: str, path: Path) -
 
 
 # -- all of them ---------------------------------------------------------------------------------------
+def paired_figure(paired: dict, title: str, path: Path) -> Path | None:
+    """The reference method minus each other method, per metric: the paired difference and its 95%
+    interval against a zero line; filled where the interval excludes zero. None without paired pairs."""
+    from slao.metrics import HIGHER_IS_BETTER, LABELS
+
+    ref = paired.get("reference")
+    pairs = [p for p in (paired.get("pairs") or {}).values() if ref in (p["x"], p["y"])]
+    if not pairs:
+        return None
+    keys = ("aa", "bwt", "forgetting")
+    fig = _figure(3.2 * len(keys) + 1.5, 0.55 * len(pairs) + 1.8)
+    axes = fig.subplots(1, len(keys), sharey=True)
+    others = [p["y"] if p["x"] == ref else p["x"] for p in pairs]
+    for ax, key in zip(axes, keys, strict=True):
+        for row, pair in enumerate(pairs):
+            iv = pair.get(key)
+            if iv is None:
+                ax.text(0, row, "n/a", ha="center", va="center", fontsize=8, color="0.5")
+                continue
+            sign = 1.0 if pair["x"] == ref else -1.0  # always the reference minus the other
+            d, lo, hi = (sign * iv["diff"], sign * iv["lo"], sign * iv["hi"])
+            lo, hi = min(lo, hi), max(lo, hi)
+            good = (d > 0) == HIGHER_IS_BETTER[key]
+            color = ("tab:green" if good else "tab:red") if iv["separated"] else "0.45"
+            ax.errorbar([d], [row], xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=3,
+                        markerfacecolor=color if iv["separated"] else "white")
+        ax.axvline(0.0, color="0.3", linewidth=0.8)
+        better = "higher" if HIGHER_IS_BETTER[key] else "lower"
+        ax.set_xlabel(f"{LABELS[key]}: {ref} − other (points; {better} is better)", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(pairs)), [f"vs {o}" for o in others])
+    axes[0].invert_yaxis()
+    fig.suptitle(title + "\n95% paired bootstrap intervals; filled: the interval excludes zero", fontsize=9)
+    return _save(fig, path)
+
+
 def _tasks(runs: dict[str, Sequence[dict]]) -> list[str]:
     for results in runs.values():
         if results:
@@ -192,23 +228,31 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def write_figures(runs: dict[str, Sequence[dict]], folder: Path, context: str) -> list[Path]:
-    """The three kinds of figures for the runs (method -> results of each seed) into ``folder``."""
+def write_figures(runs: dict[str, Sequence[dict]], folder: Path, context: str,
+                  paired: dict | None = None) -> list[Path]:
+    """The figures for the runs (method -> results of each seed) into ``folder``: a heatmap per method
+    (and order), the seen-task average, the adapter state, and the paired differences when given."""
     from slao.compare import mean_matrix
 
     folder = Path(folder)
-    tasks = _tasks(runs)
     paths = []
     for name, results in runs.items():
-        if not results:
-            continue
-        seeds = [r["seed"] for r in results]
-        which = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))}"
-        paths.append(accuracy_heatmap(mean_matrix([r["accuracy"] for r in results]), tasks,
-                                      f"{name}: accuracy matrix ({which})\n{context}",
-                                      folder / f"accuracy-{_safe(name)}.png"))
+        by_order: dict = {}
+        for r in results:
+            by_order.setdefault(r.get("order"), []).append(r)
+        for order, group in by_order.items():  # a matrix averages runs of one task order only
+            seeds = [r["seed"] for r in group]
+            which = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))}"
+            tag = f"-order-{order}" if len(by_order) > 1 else ""
+            label = f", order {order}" if len(by_order) > 1 else ""
+            paths.append(accuracy_heatmap(mean_matrix([r["accuracy"] for r in group]), group[0]["tasks"],
+                                          f"{name}: accuracy matrix ({which}{label})\n{context}",
+                                          folder / f"accuracy-{_safe(name)}{tag}.png"))
     paths.append(seen_average_figure(runs, f"Average accuracy on the tasks seen so far\n{context}",
                                      folder / "seen-average.png"))
     paths.append(state_size_figure(runs, f"Adapter state kept between tasks\n{context}",
                                    folder / "adapter-state.png"))
+    if paired:
+        drawn = paired_figure(paired, f"Paired differences\n{context}", folder / "paired-differences.png")
+        paths += [drawn] if drawn else []
     return paths
