@@ -11,8 +11,8 @@ PAIRED_RULE = (
     "each replicate redraws the seeds within each task order and the test examples within each task, the "
     "same draws for both methods and for every row of the accuracy matrix. A method is called better only "
     "where the interval excludes zero. \"Detects about ±w\": the difference this setting finds 4 times in 5 "
-    "(2.8 bootstrap standard errors). With several seeds the bootstrap counts test-set noise at both levels, "
-    "so the intervals are on the wide (conservative) side."
+    "(2.8 bootstrap standard errors). With several seeds the bootstrap counts test-set noise at both levels "
+    "(wider), while a handful of seeds gives only a coarse picture of seed-to-seed variation."
 )
 
 
