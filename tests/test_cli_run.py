@@ -56,7 +56,7 @@ def test_run_folder_has_everything(finished_run):
         assert all(v is not None and 0 <= v <= 100 for v in row[:seen])
         assert all(v is None for v in row[seen:])
     assert len(results["zero_shot"]) == T
-    assert set(results["metrics"]) == {"aa", "bwt", "forgetting", "fwt"}
+    assert set(results["metrics"]) == {"aa", "bwt", "forgetting", "fwt", "la"}
     fwt = sum(R[j - 1][j] - results["zero_shot"][j] for j in range(1, T)) / (T - 1)
     assert results["metrics"]["fwt"] == pytest.approx(fwt)
     assert results["metrics"]["aa"] == pytest.approx(sum(R[-1]) / T)

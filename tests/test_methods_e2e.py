@@ -128,7 +128,7 @@ def test_method_end_to_end(tmp_path, monkeypatch, name):
             evaluated = i == T - 1 if multi else j <= i  # multi-task: one evaluation, at the end
             assert (v is not None) == evaluated, (i, j, v)
             assert v is None or 0 <= v <= 100
-    assert set(results["metrics"]) == {"aa", "bwt", "forgetting", "fwt"}
+    assert set(results["metrics"]) == {"aa", "bwt", "forgetting", "fwt", "la"}
     assert results["metrics"]["aa"] == pytest.approx(sum(R[-1]) / T)
     sizes = [s for s in results["adapter_state_bytes"] if s is not None]
     assert len(sizes) == (1 if multi else T) and sizes[0] > 0

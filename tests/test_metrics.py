@@ -51,5 +51,17 @@ def test_undefined_cases_are_none():
 
 def test_all_metrics_keys_and_seen_average():
     m = all_metrics(R, ZERO)
-    assert set(m) == {"aa", "bwt", "forgetting", "fwt"}
+    assert set(m) == {"aa", "bwt", "forgetting", "fwt", "la"}
     assert seen_average(R) == pytest.approx([80.0, 75.0, 160.0 / 3])
+
+
+def test_learning_accuracy_is_the_diagonal_and_splits_aa():
+    from slao.metrics import learning_accuracy, order_spread
+
+    assert learning_accuracy(R) == pytest.approx((80 + 90 + 40) / 3)
+    T = len(R)
+    assert average_accuracy(R) == pytest.approx(learning_accuracy(R) + backward_transfer(R) * (T - 1) / T)
+    assert learning_accuracy([[None, None], [70.0, 80.0]]) is None  # mtl: no diagonal before the end
+    spread = order_spread([[80.0, 60.0], [70.0, 66.0], [75.0, 61.0]])
+    assert spread["opd"] == pytest.approx([10.0, 6.0]) and spread["mopd"] == 10.0 and spread["aopd"] == 8.0
+    assert order_spread([[80.0, 60.0]])["mopd"] is None

@@ -11,11 +11,9 @@ from pathlib import Path
 
 from slao import checkpoint, stats
 from slao.errors import ConfigError, DataError
-from slao.metrics import METRICS, order_spread
+from slao.metrics import METRICS, PAIRED, all_metrics, order_spread
 
 BOOTSTRAP_REPLICATES = 2000
-# Metrics compared pairwise (FWT's differences read the same entries as the others; it is in the tables).
-PAIRED_METRICS = ("aa", "bwt", "forgetting")
 
 
 # -- parsing and validation ----------------------------------------------------------------------
@@ -106,8 +104,10 @@ def aggregate_method(runs: Sequence[dict]) -> dict:
     out: dict = {"seeds": sorted({r["seed"] for r in runs}), "runs": len(runs),
                  "units": [[r.get("order"), r["seed"]] for r in runs],
                  "orders": sorted({r["order"] for r in runs if r.get("order") is not None})}
+    # recomputed from each run's matrix: one definition, also for runs made before a metric existed
+    metrics = [all_metrics(r["accuracy"], r.get("zero_shot")) if r.get("finished", True) else {} for r in runs]
     for key in METRICS:
-        out[key] = summarize([(r.get("metrics") or {}).get(key) for r in runs])
+        out[key] = summarize([m.get(key) for m in metrics])
     sizes = [_final(r.get("adapter_state_bytes")) for r in runs]
     out["adapter_state_bytes"] = max((s for s in sizes if s is not None), default=None)
     out["train_seconds"] = summarize([_total(r.get("train_seconds")) for r in runs])
@@ -173,7 +173,7 @@ def paired_comparisons(runs: dict[str, Sequence[dict]], replicates: int = BOOTST
                                    zero_shot=zero)
     for i, x in enumerate(names):
         for y in names[i + 1:]:
-            entry = {k: stats.paired_interval(boot[x][k], boot[y][k]) for k in PAIRED_METRICS}
+            entry = {k: stats.paired_interval(boot[x][k], boot[y][k]) for k in PAIRED}
             entry["mcnemar"] = mcnemar_final_row(runs[x], runs[y])
             out["pairs"][f"{x} vs {y}"] = {"x": x, "y": y, **entry}
     widths = [p["aa"]["detectable"] for p in out["pairs"].values() if p["aa"] is not None]

@@ -11,13 +11,15 @@ from collections.abc import Sequence
 Matrix = Sequence[Sequence[float | None]]
 
 # Names, labels and direction of the metrics, for every table and comparison (rendered in slao.tables).
-METRICS = ("aa", "bwt", "forgetting", "fwt")
-LABELS = {"aa": "AA", "bwt": "BWT", "forgetting": "F", "fwt": "FWT"}
+METRICS = ("aa", "bwt", "forgetting", "fwt", "la")
+LABELS = {"aa": "AA", "bwt": "BWT", "forgetting": "F", "fwt": "FWT", "la": "LA"}
 # Forgetting is the only metric where smaller is better.
-HIGHER_IS_BETTER = {"aa": True, "bwt": True, "forgetting": False, "fwt": True}
+HIGHER_IS_BETTER = {"aa": True, "bwt": True, "forgetting": False, "fwt": True, "la": True}
 # The entries of R each metric reads (for eval.rows): the final row; the diagonal; every row; the row
 # before each task (with the untrained model's scores).
-NEEDS = {"aa": "last", "bwt": "diagonal-last", "forgetting": "all", "fwt": "zero-shot"}
+# The metrics compared pairwise between methods (FWT's differences read the same entries as LA's).
+PAIRED = ("aa", "bwt", "forgetting", "la")
+NEEDS = {"aa": "last", "bwt": "diagonal-last", "forgetting": "all", "fwt": "zero-shot", "la": "diagonal-last"}
 
 
 def _mean(values: list[float]) -> float:
@@ -74,12 +76,22 @@ def forward_transfer(R: Matrix, zero_shot: Sequence[float | None] | None) -> flo
     return _mean(terms)
 
 
+def learning_accuracy(R: Matrix) -> float | None:
+    """LA = mean_j R[j][j]: how well each task is learned right after training on it (plasticity; Riemer
+    et al., 2019). With BWT it splits AA: AA = LA + BWT * (T-1)/T."""
+    T = len(R)
+    if T == 0 or any(R[j][j] is None for j in range(T)):
+        return None
+    return _mean([R[j][j] for j in range(T)])
+
+
 def all_metrics(R: Matrix, zero_shot: Sequence[float | None] | None = None) -> dict[str, float | None]:
     return {
         "aa": average_accuracy(R),
         "bwt": backward_transfer(R),
         "forgetting": forgetting(R),
         "fwt": forward_transfer(R, zero_shot),
+        "la": learning_accuracy(R),
     }
 
 

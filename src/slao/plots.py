@@ -184,13 +184,13 @@ def state_size_figure(runs: dict[str, Sequence[dict]], title: str, path: Path) -
 def paired_figure(paired: dict, title: str, path: Path) -> Path | None:
     """The reference method minus each other method, per metric: the paired difference and its 95%
     interval against a zero line; filled where the interval excludes zero. None without paired pairs."""
-    from slao.metrics import HIGHER_IS_BETTER, LABELS
+    from slao.metrics import HIGHER_IS_BETTER, LABELS, PAIRED
 
     ref = paired.get("reference")
     pairs = [p for p in (paired.get("pairs") or {}).values() if ref in (p["x"], p["y"])]
     if not pairs:
         return None
-    keys = ("aa", "bwt", "forgetting")
+    keys = PAIRED
     fig = _figure(3.2 * len(keys) + 1.5, 0.55 * len(pairs) + 1.8)
     axes = fig.subplots(1, len(keys), sharey=True)
     others = [p["y"] if p["x"] == ref else p["x"] for p in pairs]

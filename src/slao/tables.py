@@ -4,7 +4,7 @@ The numbers come from slao.metrics, slao.compare and slao.stats; this module onl
 
 from __future__ import annotations
 
-from slao.metrics import HIGHER_IS_BETTER, LABELS, METRICS
+from slao.metrics import HIGHER_IS_BETTER, LABELS, METRICS, PAIRED
 
 PAIRED_RULE = (
     "Differences are x − y in points with a 95% interval from a paired bootstrap ({replicates} replicates): "
@@ -99,14 +99,13 @@ def method_rows(comp: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def paired_rows(paired: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["x − y"] + [f"{LABELS[k]} [95% interval]" for k in ("aa", "bwt", "forgetting")] + ["AA verdict"]
+    head = ["x − y"] + [f"{LABELS[k]} [95% interval]" for k in PAIRED] + ["AA verdict"]
     rows = []
     for pair in paired.get("pairs", {}).values():
         aa = pair["aa"]
         word = "n/a" if aa is None else (("x better" if aa["diff"] > 0 else "y better") if aa["separated"]
                                          else f"none detected (±{aa['detectable']:.1f})")
-        rows.append([f"{pair['x']} − {pair['y']}"] + [format_interval(pair[k]) for k in ("aa", "bwt", "forgetting")]
-                    + [word])
+        rows.append([f"{pair['x']} − {pair['y']}"] + [format_interval(pair.get(k)) for k in PAIRED] + [word])
     return head, rows
 
 
@@ -129,8 +128,7 @@ def paired_lines(paired: dict) -> list[str]:
     for pair in paired.get("pairs", {}).values():
         if paired.get("reference") not in (pair["x"], pair["y"]):
             continue
-        parts = [verdict(LABELS[k], pair["x"], pair["y"], pair[k], HIGHER_IS_BETTER[k])
-                 for k in ("aa", "bwt", "forgetting")]
+        parts = [verdict(LABELS[k], pair["x"], pair["y"], pair.get(k), HIGHER_IS_BETTER[k]) for k in PAIRED]
         lines.append(f"- {pair['x']} vs {pair['y']}: " + "; ".join(parts) + ".")
     return lines
 
@@ -191,8 +189,9 @@ def _paired_section(comp: dict, layout) -> list[str]:
 def comparison_markdown(comp: dict) -> str:
     lines = [f"# Comparison: {', '.join(comp['methods'])}", "", _header(comp), ""]
     lines += markdown(*method_rows(comp))
-    lines += ["", "AA, BWT, F (forgetting) and FWT in points, mean ± sample std over runs (seeds, and orders "
-                  "where there are several); times are totals per run in seconds.", ""]
+    lines += ["", "AA, BWT, F (forgetting), FWT and LA (learning accuracy: the mean of the diagonal, each task "
+                  "right after training on it) in points, mean ± sample std over runs (seeds, and orders where "
+                  "there are several); times are totals per run in seconds.", ""]
     if comp.get("orders"):
         lines += ["## Order robustness", "", "Per task the spread (max − min over orders) of its final score, "
                   "mean over seeds; MOPD the largest spread, AOPD the mean.", ""]
