@@ -66,7 +66,7 @@ class EvalConfig:
     max_new_tokens: int = _f(50, "most tokens generated per answer (greedy)")
     zero_shot: bool = _f(False, "also score the untrained model on every task (needed for FWT)")
     bf16: bool = _f(False, "bf16 autocast for generation (faster on CPUs with bf16 units; may flip near-ties)")
-    rows: str = _f("all", "rows of the accuracy matrix scored: all (every metric) | diagonal-last (AA, BWT; "
+    rows: str = _f("all", "rows of the accuracy matrix scored: all (every metric) | diagonal-last (AA, BWT, LA; "
                           "F n/a) | last (AA only); the next task too with eval.zero_shot (FWT)")
 
 
