@@ -11,7 +11,7 @@ from slao.tables import comparison_table, results_table
 def mean_results(name: str, runs: list[dict]) -> dict:
     """A results-like dict whose matrix is the mean over seeds, for results_table."""
     from slao.compare import mean_matrix, summarize
-    from slao.metrics import METRICS
+    from slao.metrics import METRICS, all_metrics
 
     first = runs[0]
     zero = [r.get("zero_shot") for r in runs]
@@ -22,7 +22,8 @@ def mean_results(name: str, runs: list[dict]) -> dict:
             "seed_label": f"seed {seeds}" if len(runs) == 1 else f"mean over seeds {seeds}",
             "accuracy": R, "zero_shot": zero_mean,
             # the mean of each run's metric, as in the comparison (forgetting is not linear in R)
-            "metrics": {k: summarize([(r.get("metrics") or {}).get(k) for r in runs])["mean"] for k in METRICS}}
+            "metrics": {k: summarize([all_metrics(r["accuracy"], r.get("zero_shot"))[k] for r in runs])["mean"]
+                        for k in METRICS}}
 
 
 # -- slao report ---------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def results_table(results: dict) -> str:
     metrics = results.get("metrics") or {}
     if metrics:
         parts = [f"{LABELS.get(k, k)} {_num(v)}" for k, v in metrics.items()]
-        lines.append("metrics: " + ", ".join(parts) + "  (AA, BWT, forgetting, FWT in points)")
+        lines.append("metrics: " + ", ".join(parts) + "  (in points; F forgetting, LA learning accuracy)")
     sizes = [b for b in results.get("adapter_state_bytes") or [] if b is not None]
     if sizes:
         lines.append(f"adapter state: {sizes[-1] / 1e6:.2f} MB after the last task "
