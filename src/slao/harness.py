@@ -6,6 +6,7 @@ A run resumes after its last finished task; a finished run is not run again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,19 +42,27 @@ def make_accelerator() -> Accelerator:
     return Accelerator(cpu=several and (device is None or device.type == "mps"))
 
 
-def versions() -> dict[str, str | None]:
+@functools.cache
+def versions() -> dict[str, str | bool | None]:
+    """Package versions and, for a source checkout, its git commit and whether tracked files differed from
+    it. Read once per process, when the run starts: a checkout that changes during a long run must not
+    be named as the code that ran."""
     import peft
     import transformers
 
-    commit = None
+    commit, dirty = None, None
     try:
         here = Path(slao.__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         commit = out.stdout.strip() or None if out.returncode == 0 else None
+        if commit:
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "."], cwd=here,
+                                    capture_output=True, text=True, timeout=5)
+            dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         pass
     return {"slao": slao.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "git_commit": commit}
+            "peft": peft.__version__, "git_commit": commit, "git_dirty": dirty}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -153,6 +162,7 @@ class Run:
                          "eval_seconds": [None] * T, "train_steps": [None] * T, "train_tokens": [None] * T,
                          "data_order": [None] * T, "example_scores": [[None] * T for _ in range(T)]}
         self.meta = run_meta(cfg, tasks, model_id)
+        versions()  # the code that runs is the code of now
         self.predictions: dict[str, list[str]] = {}
 
     # -- files --------------------------------------------------------------------------------------
