@@ -307,3 +307,13 @@ def test_orders_end_to_end_on_the_packaged_tasks(tmp_path, capsys):
     assert "## Order robustness" in (out / "comparison.md").read_text()
     assert main(["report", str(out)]) == 0
     assert (out / "figures" / "accuracy-slao-order-2.png").exists()
+
+
+def test_a_pair_is_compared_on_the_runs_both_methods_have():
+    x0 = _order_results("x", 0, None, ["a", "b"], {"a": 75.0, "b": 75.0})
+    x1 = _order_results("x", 1, None, ["a", "b"], {"a": 75.0, "b": 75.0})
+    x1["example_scores"][-1] = [[0.0] * 4, [0.0] * 4]  # seed 1 of x scores nothing...
+    y0 = _order_results("y", 0, None, ["a", "b"], {"a": 75.0, "b": 75.0})
+    comp = aggregate({"x": [x0, x1], "y": [y0]}, {})  # ...and y has no seed 1: it must not count
+    pair = comp["paired"]["pairs"]["x vs y"]
+    assert pair["units"] == [[None, 0]] and pair["aa"]["diff"] == 0.0 == pair["aa"]["lo"] == pair["aa"]["hi"]

@@ -147,8 +147,9 @@ def paired_comparisons(runs: dict[str, Sequence[dict]], replicates: int = BOOTST
     """Every pair of methods: the difference in AA, BWT and F with a paired bootstrap interval over test
     examples and seeds (slao.stats), and per exact-match task an exact McNemar test on the final row.
 
-    Runs are paired by (order, seed); a run without per-example scores (made by an older slao) leaves
-    the comparison without paired statistics, and says so."""
+    Runs are paired by (order, seed): a pair is compared on the runs both methods have (a grid run in
+    pieces may hold more seeds of one method than another). A run without per-example scores (made by an
+    older slao) is left out of the pairs, and listed."""
     scores: dict[str, dict] = {}
     groups: dict = {}
     zero: dict = {}
@@ -169,13 +170,20 @@ def paired_comparisons(runs: dict[str, Sequence[dict]], replicates: int = BOOTST
     if len(names) < 2:
         return out
     _check_same_examples(runs)
-    boot = stats.bootstrap_metrics({n: scores[n] for n in names}, groups, replicates=replicates, seed=seed,
-                                   zero_shot=zero)
+    boots: dict = {}  # shared units -> one bootstrap of every method that has them all
     for i, x in enumerate(names):
         for y in names[i + 1:]:
+            shared = tuple(sorted(set(scores[x]) & set(scores[y]), key=str))  # a pair uses only its shared runs
+            if not shared:
+                continue
+            if shared not in boots:
+                having = {n: {u: scores[n][u] for u in shared} for n in names if set(shared) <= set(scores[n])}
+                boots[shared] = stats.bootstrap_metrics(having, {u: groups[u] for u in shared},
+                                                        replicates=replicates, seed=seed, zero_shot=zero)
+            boot = boots[shared]
             entry = {k: stats.paired_interval(boot[x][k], boot[y][k]) for k in PAIRED}
             entry["mcnemar"] = mcnemar_final_row(runs[x], runs[y])
-            out["pairs"][f"{x} vs {y}"] = {"x": x, "y": y, **entry}
+            out["pairs"][f"{x} vs {y}"] = {"x": x, "y": y, "units": [list(u) for u in shared], **entry}
     widths = [p["aa"]["detectable"] for p in out["pairs"].values() if p["aa"] is not None]
     out["detectable_aa"] = sorted(widths)[len(widths) // 2] if widths else None  # the median pair
     return out
