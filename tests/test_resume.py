@@ -49,10 +49,10 @@ def reference(tmp_path_factory):
     return out
 
 
-def _start(out: Path, env: dict | None = None) -> subprocess.Popen:
+def _start(out: Path, env: dict | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     # Output goes to a file (the child keeps its own handle): a full pipe would stall the child.
     with open(out.parent / f"{out.name}.log", "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "slao", "run", *ARGS, "--output", str(out)],
+        return subprocess.Popen([sys.executable, "-m", "slao", "run", *ARGS, *extra, "--output", str(out)],
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ONE_THREAD, **(env or {})})
 
 
@@ -112,7 +112,9 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_usable(reference
 
 def test_ctrl_c_stops_with_130_and_a_valid_checkpoint(tmp_path):
     out = tmp_path / "run"
-    proc = _start(out)
+    # tasks long enough (a few seconds each) that the signal lands before the run ends, even when a
+    # loaded machine keeps this process from looking for the checkpoint for a while
+    proc = _start(out, extra=("--set", "data.train_per_task=1024"))
     _wait_for(out / "checkpoints" / "task-0001", proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130
