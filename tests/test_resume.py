@@ -49,10 +49,13 @@ def reference(tmp_path_factory):
     return out
 
 
-def _start(out: Path, env: dict | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+def _start(out: Path, env: dict | None = None) -> subprocess.Popen:
     # Output goes to a file (the child keeps its own handle): a full pipe would stall the child.
     with open(out.parent / f"{out.name}.log", "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "slao", "run", *ARGS, *extra, "--output", str(out)],
+        # SIGINT as a terminal gives it: a suite started in the background (`make test &`) inherits SIGINT
+        # ignored, and so would the child, which then never sees the Ctrl-C this file sends it
+        return subprocess.Popen([sys.executable, "-m", "slao", "run", *ARGS, "--output", str(out)],
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ONE_THREAD, **(env or {})})
 
 
@@ -112,9 +115,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_usable(reference
 
 def test_ctrl_c_stops_with_130_and_a_valid_checkpoint(tmp_path):
     out = tmp_path / "run"
-    # tasks long enough (a few seconds each) that the signal lands before the run ends, even when a
-    # loaded machine keeps this process from looking for the checkpoint for a while
-    proc = _start(out, extra=("--set", "data.train_per_task=1024"))
+    proc = _start(out)
     _wait_for(out / "checkpoints" / "task-0001", proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130
