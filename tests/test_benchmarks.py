@@ -1,5 +1,5 @@
-"""The field's benchmarks: named orders, --exclude, the SuperNI and hf sources, carving, length-grouped
-batches. Fixture files are written here in each layout (never the shared data)."""
+"""The field's benchmarks: named orders, --exclude, the SuperNI and hf sources, carving. Fixture files are
+written here in each layout (never the shared data)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from slao.config import TrainConfig, build_config, parse_sets
+from slao.config import build_config, parse_sets
 from slao.data import load_tasks
 from slao.data.hf import HfSpec, load_hf_task
 from slao.data.superni import load_superni_task
 from slao.errors import ConfigError, DataError
 from slao.tasks import BENCHMARK_ORDERS, benchmark_source, load_benchmark, resolve_task_names
-from slao.train import step_batches
 
 # design.md §4, written out again here so that a typo in either place fails.
 DESIGN_ORDERS = {
@@ -377,51 +375,3 @@ def test_hf_benchmark_from_settings_and_tasks_yaml(hf_files: Path) -> None:
 
 
 # --- length-grouped batches -------------------------------------------------------------------------
-
-
-def _batches(n: int, lengths, seed: int = 0, **train) -> list[list[int]]:
-    cfg = TrainConfig(**train)
-    return step_batches(n, cfg, torch.Generator().manual_seed(seed), lengths)
-
-
-@pytest.mark.parametrize("epochs", [1.0, 2.0, 1.5])
-def test_group_by_length_covers_each_example_once_per_epoch(epochs: float) -> None:
-    n, size = 1037, 4
-    lengths = [(k * 7919) % 300 + 1 for k in range(n)]
-    batches = _batches(n, lengths, epochs=epochs, batch_size=size, group_by_length=True)
-    assert batches == _batches(n, lengths, epochs=epochs, batch_size=size, group_by_length=True)
-    assert batches != _batches(n, lengths, seed=1, epochs=epochs, batch_size=size, group_by_length=True)
-    flat = [k for b in batches for k in b]
-    assert len(flat) == round(n * epochs) and all(1 <= len(b) <= size for b in batches)
-    # walk the batches epoch by epoch: each full epoch holds every example exactly once
-    seen: list[int] = []
-    for batch in batches:
-        seen += batch
-        if len(seen) == n:
-            assert sorted(seen) == list(range(n))
-            seen = []
-    assert len(set(seen)) == len(seen) == round(n * epochs) % n
-
-
-def test_group_by_length_pads_less_than_plain_shuffle() -> None:
-    n = 800
-    lengths = [(k * 7919) % 500 + 1 for k in range(n)]
-
-    def padding(batches):
-        return sum(max(lengths[k] for k in b) * len(b) - sum(lengths[k] for k in b) for b in batches)
-
-    grouped = _batches(n, lengths, batch_size=8, group_by_length=True)
-    plain = _batches(n, lengths, batch_size=8)
-    assert padding(grouped) < 0.1 * padding(plain)
-    assert sorted(k for b in grouped for k in b) == list(range(n))
-    # batch order is shuffled: the longest batch is not always first
-    assert [max(lengths[k] for k in b) for b in grouped] != sorted((max(lengths[k] for k in b) for b in grouped),
-                                                                    reverse=True)
-
-
-def test_plain_order_is_unchanged_by_lengths() -> None:
-    lengths = list(range(50))
-    assert _batches(50, lengths, batch_size=8) == _batches(50, None, batch_size=8)
-    gen = torch.Generator().manual_seed(0)
-    expected = torch.randperm(50, generator=gen).tolist()
-    assert [k for b in _batches(50, None, batch_size=8) for k in b] == expected
