@@ -32,16 +32,19 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
-def parse_seeds(text: str | None, default: int = 0) -> list[int]:
-    if text is None:
-        return [default]
+def _distinct_ints(text: str, flag: str, example: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]: one or more distinct integers, else a ConfigError naming ``flag``."""
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        values = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"--seeds expects comma-separated integers, e.g. 0,1,2; got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds needs one or more distinct integers, e.g. 0,1,2; got {text!r}")
-    return seeds
+        raise ConfigError(f"{flag} expects comma-separated integers, e.g. {example}; got {text!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise ConfigError(f"{flag} needs one or more distinct integers, e.g. {example}; got {text!r}")
+    return values
+
+
+def parse_seeds(text: str | None, default: int = 0) -> list[int]:
+    return [default] if text is None else _distinct_ints(text, "--seeds", "0,1,2")
 
 
 def parse_orders(text: str | None, benchmark: str) -> list[int] | None:
@@ -50,12 +53,7 @@ def parse_orders(text: str | None, benchmark: str) -> list[int] | None:
         return None
     from slao.tasks import BENCHMARK_ORDERS
 
-    try:
-        orders = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--orders expects comma-separated integers, e.g. 4,5,6; got {text!r}") from None
-    if not orders or len(set(orders)) != len(orders):
-        raise ConfigError(f"--orders needs one or more distinct integers, e.g. 4,5,6; got {text!r}")
+    orders = _distinct_ints(text, "--orders", "4,5,6")
     known = (BENCHMARK_ORDERS.get(benchmark) or {}).get("orders") or {}
     bad = [o for o in orders if o not in known]
     if bad:
