@@ -291,7 +291,10 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
     tasks = None if by_order else resolve_task_names(cfg)
     done: dict[str, list[dict]] = {m: [] for m in methods}
     total, count, done_count = len(methods) * len(seeds) * len(grid_orders), 0, 0
-    comp: dict = {}
+
+    def summarize_grid(tasks, finished: int) -> dict:
+        return {**config_summary(cfg, methods, seeds, tasks, orders), "runs_done": finished, "runs_total": total}
+
     # Seeds outermost, then orders, so an interrupted grid holds every method for the first seeds.
     for seed in seeds:
         for order in grid_orders:
@@ -305,7 +308,8 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
                 if results is None and collect:
                     echo(f"[{count}/{total}] {what}: not finished in {folder} (left out)")
                     continue
-                if results is None:
+                ran = results is None
+                if ran:
                     echo(f"[{count}/{total}] {what} -> {folder}")
                     results = runner(run_cfg, folder)
                 else:
@@ -313,11 +317,12 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
                 done[name].append(results)
                 done_count += 1
                 tasks = tasks or (None if by_order else results["tasks"])
-                summary = config_summary(cfg, methods, seeds, tasks, orders)
-                comp = aggregate(done, {**summary, "runs_done": done_count, "runs_total": total})
-                write_comparison(out, comp)
-    if not comp:
+                if ran and count < total:  # the tables follow each new run; runs read back wait for the end
+                    write_comparison(out, aggregate(done, summarize_grid(tasks, done_count)))
+    if not done_count:
         raise ConfigError(f"no finished run of this grid in {out}; run slao compare without --collect first")
+    comp = aggregate(done, summarize_grid(tasks, done_count))
+    write_comparison(out, comp)
     return comp
 
 
