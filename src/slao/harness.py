@@ -103,7 +103,7 @@ def test_sha256(task) -> str:
 
 def rows_to_evaluate(i: int, T: int, rows: str, zero_shot: bool, multi_task: bool) -> list[int]:
     """Tasks (0-based) scored after task i (1-based) under ``eval.rows``: ``all`` the tasks seen so far
-    (the full matrix); ``diagonal-last`` only task i, and every task after the last (AA and BWT);
+    (the full matrix); ``diagonal-last`` only task i, and every task after the last (AA, BWT, LA);
     ``last`` every task after the last only (AA). With zero-shot scoring on, the next, not yet learned
     task too (FWT reads R[i-1][i]). What is not scored stays null, and a metric that needs it is n/a."""
     if multi_task or i == T:
@@ -162,6 +162,7 @@ class Run:
                          "eval_seconds": [None] * T, "train_steps": [None] * T, "train_tokens": [None] * T,
                          "data_order": [None] * T, "example_scores": [[None] * T for _ in range(T)]}
         self.meta = run_meta(cfg, tasks, model_id)
+        self.test_hashes = [test_sha256(t) for t in tasks]
         versions()  # the code that runs is the code of now
         self.predictions: dict[str, list[str]] = {}
 
@@ -182,8 +183,8 @@ class Run:
             "seed": self.cfg.seed, "order": self.cfg.order, "tasks": self.names,
             "excluded": list(self.cfg.exclude), "finished": finished,
             "num_processes": self.acc.num_processes,
-            "task_info": {t.name: {"metric": t.metric, "train": len(t.train), "test": len(t.test),
-                                   "test_sha256": test_sha256(t), **t.info} for t in self.tasks},
+            "task_info": {t.name: {"metric": t.metric, "train": len(t.train), "test": len(t.test), "test_sha256": h,
+                                   **t.info} for t, h in zip(self.tasks, self.test_hashes, strict=True)},
             "accuracy": p["accuracy"], "zero_shot": p["zero_shot"],
             "metrics": all_metrics(p["accuracy"], p["zero_shot"]) if finished else None,
             "adapter_state_bytes": p["adapter_state_bytes"],

@@ -15,11 +15,8 @@ METRICS = ("aa", "bwt", "forgetting", "fwt", "la")
 LABELS = {"aa": "AA", "bwt": "BWT", "forgetting": "F", "fwt": "FWT", "la": "LA"}
 # Forgetting is the only metric where smaller is better.
 HIGHER_IS_BETTER = {"aa": True, "bwt": True, "forgetting": False, "fwt": True, "la": True}
-# The entries of R each metric reads (for eval.rows): the final row; the diagonal; every row; the row
-# before each task (with the untrained model's scores).
 # The metrics compared pairwise between methods (FWT's differences read the same entries as LA's).
 PAIRED = ("aa", "bwt", "forgetting", "la")
-NEEDS = {"aa": "last", "bwt": "diagonal-last", "forgetting": "all", "fwt": "zero-shot", "la": "diagonal-last"}
 
 
 def _mean(values: list[float]) -> float:

@@ -31,7 +31,7 @@ def report_path(path: str | Path, echo=print) -> list[Path]:
     """Print the tables of a run or comparison folder and write its figures into PATH/figures/."""
     import json
 
-    from slao.compare import load_comparison
+    from slao.compare import load_comparison, write_comparison
     from slao.errors import DataError, SlaoError
     from slao.plots import write_figures
 
@@ -41,11 +41,8 @@ def report_path(path: str | Path, echo=print) -> list[Path]:
     if (path / "comparison.json").exists():
         comp, runs = load_comparison(path)
         echo(comparison_table(comp))
-        comp_md = path / "comparison.md"
-        from slao.compare import write_comparison
-
         write_comparison(path, comp)  # the paired statistics, by this version's rules
-        echo(f"(rewrote {comp_md} and comparison.json)")
+        echo(f"(rewrote {path / 'comparison.md'} and comparison.json)")
         for name, results in runs.items():
             if results:
                 echo("")

@@ -27,7 +27,6 @@ from slao.metrics import METRICS, all_metrics
 # (None where not evaluated); the same examples in the same order for every method of the unit.
 Scores = Sequence[Sequence[Sequence[float] | None]]
 
-Z95 = 1.959964
 # With a 95% two-sided test, a true difference of (1.96 + 0.84) standard errors is detected 80% of the time.
 DETECT_FACTOR = 2.801585
 
