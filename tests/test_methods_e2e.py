@@ -64,14 +64,14 @@ def run_method(tmp_path: Path, monkeypatch, name: str, *extra: str) -> tuple[Pat
     cls = METHODS[name]
     init_lora, after_task = cls.init_lora, cls.after_task
 
-    def rec_init(self, i, default):
-        out = init_lora(self, i, default)
+    def rec_init(self, i, default, data=None):
+        out = init_lora(self, i, default, data)
         seen["init"].append({n: (A.clone(), B.clone()) for n, (A, B) in out.items()})
         return out
 
-    def rec_after(self, i, trained):
+    def rec_after(self, i, trained, data=None):
         seen["trained"].append({n: (A.clone(), B.clone()) for n, (A, B) in trained.items()})
-        out = after_task(self, i, trained)
+        out = after_task(self, i, trained, data)
         seen["deployed"].append({n: (A.clone(), B.clone()) for n, (A, B) in out.items()})
         return out
 
@@ -136,6 +136,10 @@ def test_method_end_to_end(tmp_path, monkeypatch, name):
         assert sizes == [sizes[0] * k for k in range(1, T + 1)]  # exactly one LoRA more per task
     if name in FLAT:
         assert len(set(sizes)) == 1
+    if METHODS[name].grows:  # every method is held to the flag the tables print
+        assert all(b > a for a, b in zip(sizes, sizes[1:], strict=False)), sizes
+    elif not multi:
+        assert len(set(sizes)) == 1, sizes
 
     # The exported adapter(s) reload with plain PEFT to the run's final weights and predictions.
     predictions = json.loads((run / "predictions.json").read_text())

@@ -77,8 +77,6 @@ def _print_table(results: dict) -> None:
 
 
 def cmd_run(args) -> int:
-    from slao.harness import run_experiment
-
     out = Path(args.resume or args.output or "")
     if not args.resume and not args.output:
         raise SlaoError("slao run needs --output RUN (or --resume RUN)")
@@ -92,7 +90,9 @@ def cmd_run(args) -> int:
         from slao.config import read_yaml
 
         base = read_yaml(cfg_file)
-    cfg = build_from_args(args, base)
+    cfg = build_from_args(args, base)  # settings checked before the model, the data or PEFT load
+    from slao.harness import run_experiment
+
     results = run_experiment(cfg, out)
     _print_table(results)
     if _is_main_process():
@@ -101,10 +101,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from slao.harness import run_experiment
-
     out = Path(args.output)
     cfg = build_from_args(args, DEMO_SETTINGS)
+    from slao.harness import run_experiment
+
     print(f"slao demo: {cfg.method.name} on {cfg.model}, benchmark {cfg.benchmark}, "
           f"{cfg.data.train_per_task} training examples a task; output in {out}", flush=True)
     results = run_experiment(cfg, out)

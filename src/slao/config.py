@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from slao.errors import ConfigError
+from slao.methods.base import build_method, method_config_class
 
 
 def _f(default, help: str, **kw):
@@ -70,32 +71,8 @@ class EvalConfig:
                           "F n/a) | last (AA only); the next task too with eval.zero_shot (FWT)")
 
 
-@dataclass
-class SlaoOptions:
-    init: str = _f("last-ft", "initialise task i from: last-ft | merged | random")
-    a_rule: str = _f("replace", "merge rule for A: replace | interpolate")
-    b_rule: str = _f("interpolate", "merge rule for B: interpolate | replace")
-    train: str = _f("both", "factors that train: both | a | b")
-    schedule: str = _f("inv-sqrt", "merge weight lambda(i): inv-sqrt | inv | a constant")
-
-
-@dataclass
-class OLoraOptions:
-    lambda1: float = _f(0.5, "weight of the orthogonality loss sum |A_old @ A_new^T|")
-    lambda2: float = _f(0.0, "weight of the L2 norm of the new LoRA")
-
-
-@dataclass
-class MagmaxOptions:
-    scale: float = _f(0.5, "factor on the merged update that is deployed (the MagMax authors' code: 0.5)")
-
-
-@dataclass
-class MethodConfig:
-    name: str = _f("slao", "continual-learning method (slao list shows them)")
-    slao: SlaoOptions = field(default_factory=SlaoOptions, metadata={"help": "SLAO settings"})
-    o_lora: OLoraOptions = field(default_factory=OLoraOptions, metadata={"help": "O-LoRA settings"})
-    magmax: MagmaxOptions = field(default_factory=MagmaxOptions, metadata={"help": "MagMax settings"})
+# The method section is built from the registry: each method declares its settings in its own file.
+MethodConfig = method_config_class()
 
 
 @dataclass
@@ -246,10 +223,10 @@ def _validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from slao.methods import get_method
-
+    if cfg.method.stats_examples < 1 or cfg.method.stats_batch_size < 1:
+        raise ConfigError("method.stats_examples and method.stats_batch_size must be at least 1")
     # The method's own settings (a schedule, a scale) are checked by the method: here, before any model loads.
-    get_method(cfg.method.name)(cfg.method, {}, cfg.lora.r)
+    build_method(cfg.method, {}, cfg.lora.r)
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -1,5 +1,5 @@
-"""Runs one method over a task sequence and writes the run folder: config.yaml, results.json,
-train_log.jsonl, predictions.json, per-task checkpoints and the final adapter.
+"""Runs one method over a task sequence into a run folder (config.yaml, results.json, train_log.jsonl,
+predictions.json, per-task checkpoints and the final adapter; runfolder.py keeps those books).
 
 A run resumes after its last finished task; a finished run is not run again.
 """
@@ -7,8 +7,6 @@ A run resumes after its last finished task; a finished run is not run again.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import subprocess
 import time
@@ -20,13 +18,14 @@ from accelerate.utils import gather_object, set_seed
 
 import slao
 from slao import checkpoint
-from slao.config import RunConfig, dump_yaml, to_dict
+from slao.config import RunConfig, to_dict
 from slao.encoding import TaskEncoder
 from slao.errors import ConfigError
 from slao.evaluate import evaluate_task, example_scores
 from slao.lora import LoraAdapter
-from slao.methods import get_method
-from slao.metrics import all_metrics
+from slao.methods import build_method
+from slao.runfolder import RunFolder, run_meta, tasks_sha256, test_sha256  # noqa: F401 - re-exported
+from slao.taskdata import TaskData
 from slao.train import train_task
 
 # Settings that cannot change a run's numbers; everything else must match to resume.
@@ -85,22 +84,6 @@ def config_differences(old: dict, new: dict) -> list[str]:
             if k not in NEUTRAL_KEYS and a.get(k) != b.get(k)]
 
 
-def tasks_sha256(tasks) -> str:
-    """One hash of every task's name, prompt frame, metric and examples: a resume must see the same data."""
-    h = hashlib.sha256()
-    for t in tasks:
-        record = [t.name, t.prefix, t.suffix, t.options, t.metric,
-                  [[x.text, list(x.answers)] for x in t.train], [[x.text, list(x.answers)] for x in t.test]]
-        h.update(json.dumps(record, ensure_ascii=False).encode() + b"\n")
-    return h.hexdigest()
-
-
-def test_sha256(task) -> str:
-    """Hash of a task's test examples: paired comparisons check that two runs scored the same examples."""
-    record = [[x.text, list(x.answers)] for x in task.test]
-    return hashlib.sha256(json.dumps(record, ensure_ascii=False).encode()).hexdigest()
-
-
 def rows_to_evaluate(i: int, T: int, rows: str, zero_shot: bool, multi_task: bool) -> list[int]:
     """Tasks (0-based) scored after task i (1-based) under ``eval.rows``: ``all`` the tasks seen so far
     (the full matrix); ``diagonal-last`` only task i, and every task after the last (AA, BWT, LA);
@@ -110,12 +93,6 @@ def rows_to_evaluate(i: int, T: int, rows: str, zero_shot: bool, multi_task: boo
         return list(range(T))
     tasks = {"all": list(range(i)), "diagonal-last": [i - 1], "last": []}[rows]
     return tasks + [i] if zero_shot else tasks
-
-
-def run_meta(cfg: RunConfig, tasks, model_id: str) -> dict[str, str]:
-    """What a checkpoint must have been written for to be resumed by this run."""
-    return {"method": cfg.method.name, "base_model": model_id, "tasks": ",".join(t.name for t in tasks),
-            "tasks_sha256": tasks_sha256(tasks)}
 
 
 def resume_point(cfg: RunConfig, out: Path, meta: dict[str, str]) -> checkpoint.Loaded | None:
@@ -140,111 +117,91 @@ def resume_point(cfg: RunConfig, out: Path, meta: dict[str, str]) -> checkpoint.
 
 
 class Run:
-    """One method on one task sequence, writing into ``out``."""
+    """One method on one task sequence, writing into ``out``; the task loop is ``execute``."""
 
     def __init__(self, cfg: RunConfig, out: str | Path, tasks, model, tokenizer, model_id: str,
                  accelerator: Accelerator | None = None, echo=print):
         self.cfg, self.out, self.tasks = cfg, Path(out), tasks
         self.acc = accelerator or make_accelerator()
-        self.main = self.acc.is_main_process
-        self.echo = echo if self.main else (lambda *a, **k: None)
+        self.echo = echo if self.acc.is_main_process else (lambda *a, **k: None)
         self.tok, self.model_id = tokenizer, model_id
         self.names = [t.name for t in tasks]
         self.adapter = LoraAdapter(model.to(self.acc.device), cfg.lora)
-        self.method = get_method(cfg.method.name)(cfg.method, self.adapter.shapes(), cfg.lora.r)
+        self.method = build_method(cfg.method, self.adapter.shapes(), cfg.lora.r, len(tasks))
         self.method.task_names = tuple(self.names)
         encoders = [TaskEncoder(tokenizer, t, cfg.data.max_prompt_tokens) for t in tasks]
         self.train_data = [[e.train_example(x) for x in t.train] for e, t in zip(encoders, tasks, strict=True)]
         self.test_prompts = [[e.prompt(x) for x in t.test] for e, t in zip(encoders, tasks, strict=True)]
-        T = len(tasks)
-        self.progress = {"accuracy": [[None] * T for _ in range(T)], "zero_shot": None,
-                         "adapter_state_bytes": [None] * T, "train_seconds": [None] * T,
-                         "eval_seconds": [None] * T, "train_steps": [None] * T, "train_tokens": [None] * T,
-                         "data_order": [None] * T, "example_scores": [[None] * T for _ in range(T)]}
-        self.meta = run_meta(cfg, tasks, model_id)
-        self.test_hashes = [test_sha256(t) for t in tasks]
-        versions()  # the code that runs is the code of now
-        self.predictions: dict[str, list[str]] = {}
-
-    # -- files --------------------------------------------------------------------------------------
-    def _write_json(self, name: str, data) -> None:
-        if self.main:
-            checkpoint.write_atomic(self.out / name, json.dumps(data, indent=1) + "\n")
-
-    def _log(self, record: dict) -> None:
-        if self.main:
-            with open(self.out / "train_log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def results(self, finished: bool) -> dict:
-        p = self.progress
-        return {
-            "method": self.cfg.method.name, "model": self.model_id, "benchmark": self.cfg.benchmark,
-            "seed": self.cfg.seed, "order": self.cfg.order, "tasks": self.names,
-            "excluded": list(self.cfg.exclude), "finished": finished,
-            "num_processes": self.acc.num_processes,
-            "task_info": {t.name: {"metric": t.metric, "train": len(t.train), "test": len(t.test), "test_sha256": h,
-                                   **t.info} for t, h in zip(self.tasks, self.test_hashes, strict=True)},
-            "accuracy": p["accuracy"], "zero_shot": p["zero_shot"],
-            "metrics": all_metrics(p["accuracy"], p["zero_shot"]) if finished else None,
-            "adapter_state_bytes": p["adapter_state_bytes"],
-            "train_seconds": p["train_seconds"], "eval_seconds": p["eval_seconds"],
-            "train_steps": p["train_steps"], "train_tokens": p["train_tokens"],
-            "eval_rows": self.cfg.eval.rows,
-            # per cell of the matrix, each test example's score in [0, 1] (null where not evaluated)
-            "example_scores": p["example_scores"],
-            "versions": versions(),
-        }
-
-    # -- resume ---------------------------------------------------------------------------------------
-    def _restore(self) -> int:
-        """Load the latest checkpoint if any (method state, LoRA, scores, RNG); return the tasks done."""
-        loaded = resume_point(self.cfg, self.out, self.meta)
-        if loaded is None:
-            return 0
-        progress = loaded.progress
-        self.progress = {k: progress.get(k, v) for k, v in self.progress.items()}
-        self.predictions = dict(progress["predictions"])
-        self.method.load_state(loaded.state)
-        self.adapter.set(self.method.unflatten("deploy", loaded.deploy))
-        # Dropout draws from the global generator: continue its stream where the finished task left it.
-        checkpoint.set_rng_state(checkpoint.unpack_rng(loaded.rng, self.acc.process_index))
-        return progress["tasks_done"]
-
-    def _trim_log(self, done: int) -> None:
-        """Drop train_log lines of tasks after the checkpoint (an interrupted task is trained again)."""
-        path = self.out / "train_log.jsonl"
-        if not (self.main and path.exists()):
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["task_index"] <= done:
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):  # a line cut by a kill
-                continue
-        checkpoint.write_atomic(path, "".join(kept))
+        flags = {"data_free": self.method.data_free, "grows": self.method.grows}
+        # versions(): the code that runs is the code of now
+        self.books = RunFolder(out, cfg, tasks, model_id, self.acc.is_main_process, self.acc.num_processes,
+                               flags, versions())
 
     # -- the run -----------------------------------------------------------------------------------
+    def execute(self) -> dict:
+        T = len(self.tasks)
+        set_seed(self.cfg.seed)  # before _restore, which puts back the RNG state of the checkpoint
+        start = self._restore()  # refuses a different configuration, method, model or data
+        if start == T and (done := self.books.stored_results()) is not None:
+            self.echo(f"{self.out} is already finished; nothing to do")
+            return done
+        if start:
+            self.echo(f"resuming {self.out} after task {start} of {T} ({self.names[start - 1]})")
+        self.books.open(start)
+        self.acc.wait_for_everyone()
+        if self.cfg.eval.zero_shot and self.books.progress["zero_shot"] is None:
+            self.zero_shot()
+        if self.method.multi_task:  # one training on the union of the tasks, scored as the last row
+            steps = [(1, [x for data in self.train_data for x in data], "all tasks", T)] if start == 0 else []
+        else:
+            steps = [(i, self.train_data[i - 1], self.names[i - 1], i) for i in range(start + 1, T + 1)]
+        for i, examples, name, row in steps:
+            data = TaskData(self.adapter, self.acc.device, self.train_data, i, self.tok.pad_token_id,
+                            self.cfg.method.stats_examples, self.cfg.method.stats_batch_size)
+            self.adapter.set(self.method.init_lora(i, self._default_init(i), data))
+            self._train(i, examples + self.method.extra_examples(i), name, row - 1)
+            deploy = self.method.after_task(i, self.adapter.get(), data)
+            self._finish_task(row, deploy)
+        return self._finalize()
+
+    def _default_init(self, i: int):
+        return self.adapter.default_init(torch.Generator().manual_seed(self.cfg.seed * 7919 + i))
+
+    def _train(self, i: int, examples, name: str, slot: int) -> None:
+        stats = train_task(self.acc, self.adapter, self.method, i, name, examples, self.cfg.train,
+                           self.cfg.seed, self.tok.pad_token_id, self.books.log)
+        self.books.record_training(slot, stats)
+        self.echo(f"task {i}/{len(self.tasks)} {name}: {stats['steps']} steps in {stats['seconds']:.1f}s, "
+                  f"final loss {stats['final_loss']:.4f}")
+
+    def _finish_task(self, i: int, deploy) -> None:
+        """Score row i with the deployed LoRA, then checkpoint (every process takes part in both)."""
+        self.adapter.set(deploy)
+        tasks = rows_to_evaluate(i, len(self.tasks), self.cfg.eval.rows, self.cfg.eval.zero_shot,
+                                 self.method.multi_task)
+        row, per_example, seconds = self.evaluate_row(tasks, f"after {i}")
+        self.books.record_row(i - 1, row, per_example, seconds, self.method.state_bytes(), self.method.stats())
+        scored = [f"{n} {v:.1f}" for n, v in zip(self.names, row, strict=True) if v is not None]
+        self.echo(f"after task {i}: " + (", ".join(scored) or f"nothing scored (eval.rows={self.cfg.eval.rows})"))
+        mine = checkpoint.rng_state()
+        every = gather_object([mine]) if self.acc.num_processes > 1 else [mine]
+        self.books.save(i, self.method.state(), self.method.flatten("deploy", deploy), checkpoint.pack_rng(every))
+        self.acc.wait_for_everyone()
+
     def evaluate_row(self, tasks: list[int], label: str) -> tuple[list[float | None], list, float]:
         """Scores of ``tasks`` (0-based) with the current (or the method's per-task) LoRA: the row of R,
         each test example's score per task (None where not evaluated), and the seconds it took."""
         row: list[float | None] = [None] * len(self.tasks)
         per_example: list[list[float] | None] = [None] * len(self.tasks)
-        seconds, deployed = 0.0, None
+        seconds = 0.0
         for j in tasks:
-            weights = self.method.eval_weights(j)
-            if weights is not None:
-                deployed = deployed or self.adapter.get()
-                self.adapter.set(weights)
-            value, answers, s = evaluate_task(self.acc, self.adapter.model, self.tok, self.tasks[j],
-                                              self.test_prompts[j], self.cfg.eval,
-                                              desc=f"eval {label} on {self.names[j]}")
-            if weights is not None:
-                self.adapter.set(deployed)
+            with self.adapter.using(self.method.eval_weights(j)):
+                value, answers, s = evaluate_task(self.acc, self.adapter.model, self.tok, self.tasks[j],
+                                                  self.test_prompts[j], self.cfg.eval,
+                                                  desc=f"eval {label} on {self.names[j]}")
             row[j], seconds = value, seconds + s
             per_example[j] = [round(v, 6) for v in example_scores(self.tasks[j], answers)]
-            self.predictions[self.names[j]] = answers
+            self.books.predictions[self.names[j]] = answers
         return row, per_example, seconds
 
     def zero_shot(self) -> None:
@@ -254,96 +211,29 @@ class Run:
                 value, _, _ = evaluate_task(self.acc, self.adapter.model, self.tok, task, self.test_prompts[j],
                                             self.cfg.eval, desc=f"zero-shot on {task.name}")
                 scores.append(value)
-        self.progress["zero_shot"] = scores
+        self.books.progress["zero_shot"] = scores
         self.echo("zero-shot: " + ", ".join(f"{n} {v:.1f}" for n, v in zip(self.names, scores, strict=True)))
 
-    def _train(self, i: int, examples, name: str, slot: int) -> None:
-        default = self.adapter.default_init(torch.Generator().manual_seed(self.cfg.seed * 7919 + i))
-        self.adapter.set(self.method.init_lora(i, default))
-        stats = train_task(self.acc, self.adapter, self.method, i, name, examples, self.cfg.train,
-                           self.cfg.seed, self.tok.pad_token_id, self._log)
-        k = slot
-        self.progress["train_seconds"][k] = round(stats["seconds"], 3)
-        self.progress["train_steps"][k] = stats["steps"]
-        self.progress["train_tokens"][k] = stats["tokens"]
-        self.progress["data_order"][k] = stats.get("data_order")
-        self.echo(f"task {i}/{len(self.tasks)} {name}: {stats['steps']} steps in {stats['seconds']:.1f}s, "
-                  f"final loss {stats['final_loss']:.4f}")
-
-    def _finish_task(self, i: int, deploy) -> None:
-        k = i - 1
-        self.progress["adapter_state_bytes"][k] = self.method.state_bytes()
-        self.adapter.set(deploy)
-        tasks = rows_to_evaluate(i, len(self.tasks), self.cfg.eval.rows, self.cfg.eval.zero_shot,
-                                 self.method.multi_task)
-        row, per_example, seconds = self.evaluate_row(tasks, f"after {i}")
-        self.progress["accuracy"][k] = row
-        self.progress["example_scores"][k] = per_example
-        self.progress["eval_seconds"][k] = round(seconds, 3)
-        scored = [f"{n} {v:.1f}" for n, v in zip(self.names, row, strict=True) if v is not None]
-        self.echo(f"after task {i}: " + (", ".join(scored) or f"nothing scored (eval.rows={self.cfg.eval.rows})"))
-        mine = checkpoint.rng_state()
-        every = gather_object([mine]) if self.acc.num_processes > 1 else [mine]  # all processes take part
-        if self.main:
-            body = {**self.progress, "predictions": self.predictions, "config": to_dict(self.cfg)}
-            checkpoint.save(self.out, i, body, self.method.state(), self.method.flatten("deploy", deploy),
-                            self.meta, rng=checkpoint.pack_rng(every))
-            self._write_json("results.json", self.results(finished=False))
-        self.acc.wait_for_everyone()
-
-    def execute(self) -> dict:
-        T = len(self.tasks)
-        set_seed(self.cfg.seed)  # before _restore, which puts back the RNG state of the checkpoint
-        start = self._restore()  # refuses a different configuration, method, model or data
-        if start == T:
-            done = self._stored_results()
-            if done is not None:
-                self.echo(f"{self.out} is already finished; nothing to do")
-                return done
-        if start:
-            self.echo(f"resuming {self.out} after task {start} of {T} ({self.names[start - 1]})")
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self._trim_log(start)
-        self.acc.wait_for_everyone()
-        if self.main:
-            checkpoint.write_atomic(self.out / "config.yaml", dump_yaml(self.cfg))
-        if self.cfg.eval.zero_shot and self.progress["zero_shot"] is None:
-            self.zero_shot()
-        if self.method.multi_task:
-            if start == 0:
-                union = [x for data in self.train_data for x in data]
-                self._train(1, union, "all tasks", T - 1)
-                deploy = self.method.after_task(1, self.adapter.get())
-                self._finish_task(T, deploy)
-        else:
-            for i in range(start + 1, T + 1):
-                self._train(i, self.train_data[i - 1], self.names[i - 1], i - 1)
-                deploy = self.method.after_task(i, self.adapter.get())
-                self._finish_task(i, deploy)
-        return self._finalize()
-
-    def _stored_results(self) -> dict | None:
-        """results.json of a finished run, or None (not finished, or unreadable: then finalize again)."""
-        try:
-            done = json.loads((self.out / "results.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return done if isinstance(done, dict) and done.get("finished") else None
+    # -- resume and the end -------------------------------------------------------------------------
+    def _restore(self) -> int:
+        """Load the latest checkpoint if any (method state, LoRA, scores, RNG); return the tasks done."""
+        loaded = resume_point(self.cfg, self.out, self.books.meta)
+        if loaded is None:
+            return 0
+        done = self.books.restore(loaded)
+        self.method.load_state(loaded.state)
+        self.adapter.set(self.method.unflatten("deploy", loaded.deploy))
+        # Dropout draws from the global generator: continue its stream where the finished task left it.
+        checkpoint.set_rng_state(checkpoint.unpack_rng(loaded.rng, self.acc.process_index))
+        return done
 
     def _finalize(self) -> dict:
-        deployed = self.adapter.get()
-        if self.main:
+        if self.acc.is_main_process:
+            deployed = self.adapter.get()
             for sub, weights in self.method.exports(deployed).items():
                 self.adapter.export(weights, self.out / "adapter" / sub if sub else self.out / "adapter",
                                     self.model_id)
-            self.adapter.set(deployed)
-            self._write_json("predictions.json", {
-                t.name: [{"prediction": p, "answers": list(x.answers)}
-                         for p, x in zip(self.predictions[t.name], t.test, strict=True)]
-                for t in self.tasks if t.name in self.predictions})
-        results = self.results(finished=True)
-        self._write_json("results.json", results)
+        results = self.books.finish()
         self.acc.wait_for_everyone()
         return results
 

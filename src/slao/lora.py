@@ -6,6 +6,7 @@ Only PEFT's public API is used. Layer names are module paths inside the base mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from safetensors.torch import load_file
 
 from slao.config import LoraSettings
 from slao.errors import SlaoError
-from slao.methods.base import LoraWeights
+from slao.methods.lora_ops import LoraWeights
 
 ADAPTER = "default"
 _PREFIX = "base_model.model."
@@ -56,6 +57,10 @@ class LoraAdapter:
                 layers[name.removeprefix(_PREFIX)] = module
         return layers
 
+    def base_layers(self) -> dict[str, torch.nn.Linear]:
+        """Each target layer's frozen base linear (whose input is the LoRA's input)."""
+        return {name: layer.get_base_layer() for name, layer in self._layers().items()}
+
     def shapes(self) -> dict[str, tuple[int, int]]:
         """Each target layer's (out, in)."""
         out = {}
@@ -87,6 +92,19 @@ class LoraAdapter:
             for name, (A, B) in params.items():
                 A.copy_(weights[name][0])
                 B.copy_(weights[name][1])
+
+    @contextlib.contextmanager
+    def using(self, weights: LoraWeights | None):
+        """Hold ``weights`` inside the block and put back what was there after it (None: change nothing)."""
+        if weights is None:
+            yield
+            return
+        before = self.get()
+        self.set(weights)
+        try:
+            yield
+        finally:
+            self.set(before)
 
     def default_init(self, generator: torch.Generator, rank: int | None = None) -> LoraWeights:
         """PEFT's default init (Kaiming-uniform A with a = sqrt(5), zero B), from a seeded generator."""
@@ -121,8 +139,10 @@ class LoraAdapter:
 
         Written into a temporary sibling and renamed into place, so a kill leaves no half adapter.
         """
-        current = self.get()
-        self.set(weights)
+        with self.using(weights):
+            self._save(out_dir, base_model)
+
+    def _save(self, out_dir: Path, base_model: str) -> None:
         out_dir = Path(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir.parent))
@@ -140,7 +160,6 @@ class LoraAdapter:
                 os.replace(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            self.set(current)
 
 
 def _check_adapter_files(folder: Path) -> None:

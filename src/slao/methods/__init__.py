@@ -8,6 +8,7 @@ from slao.methods import o_lora as _o_lora  # noqa: F401 - "o-lora"
 from slao.methods import per_task_lora as _per_task_lora  # noqa: F401 - "per-task-lora"
 from slao.methods import seq_lora as _seq_lora  # noqa: F401 - "seq-lora"
 from slao.methods import slao as _slao  # noqa: F401 - "slao"
-from slao.methods.base import METHODS, LoraWeights, Method, get_method, register
+from slao.methods.base import METHODS, Method, build_method, get_method, option, register
+from slao.methods.lora_ops import LoraWeights
 
-__all__ = ["METHODS", "LoraWeights", "Method", "get_method", "register"]
+__all__ = ["METHODS", "LoraWeights", "Method", "build_method", "get_method", "option", "register"]

@@ -1,26 +1,53 @@
 """The small interface every continual-learning method implements, and the registry of methods by name.
 
-A method never touches PEFT or the training loop. The harness hands it plain tensors and asks:
-which LoRA to start task i from, which factors train, an extra loss term, and what to evaluate and
-deploy after the task. ``LoraWeights`` maps a target layer's name to its pair (A (r, in), B (out, r)).
+A method never touches PEFT or the training loop. The harness hands it plain tensors (``LoraWeights``,
+name -> (A (r, in), B (out, r))) and asks: which LoRA to start task i from, which factors train, an
+extra loss term, extra training examples, and what to evaluate and deploy after the task. A method that
+needs the task's data (layer-input statistics, a replay buffer) reads it through the ``TaskData`` handed
+to ``init_lora`` and ``after_task``; it never reaches into the harness.
+
+A method's settings are a small dataclass in its own file, registered with it:
+``@register("name", options=NameOptions)``; the config section ``method.<name>`` (dashes become
+underscores) is built from the registry, so adding a method touches one file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import field
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from slao.errors import ConfigError
+from slao.methods.lora_ops import LoraWeights, flatten, tensors_bytes, unflatten
 
-LoraWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]
+if TYPE_CHECKING:  # the harness builds it; methods only call it
+    from slao.taskdata import TaskData
 
 METHODS: dict[str, type[Method]] = {}
 
 
-def register(name: str):
-    """Class decorator: make a method available as ``slao run --method NAME``."""
+def option(default, help: str):
+    """A method setting with its one help text (shown by ``slao config``)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(name: str) -> str:
+    """The config section of a method's settings: ``method.<section>``."""
+    return name.replace("-", "_")
+
+
+def register(name: str, options: type | None = None):
+    """Class decorator: make a method available as ``slao run --method NAME``, with its settings."""
+    if options is not None and not dataclasses.is_dataclass(options):
+        raise TypeError(f"options of method {name!r} must be a dataclass")
 
     def add(cls):
         cls.name = name
+        cls.Options = options
         METHODS[name] = cls
         return cls
 
@@ -35,22 +62,61 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
+def method_config_class() -> type:
+    """The dataclass of the ``method`` config section: the method's name, the settings every method shares,
+    and one sub-section per method that declares options."""
+    import slao.methods  # noqa: F401 - fills the registry
+
+    fields: list[tuple[str, Any, Any]] = [
+        ("name", str, option("slao", "continual-learning method (slao list shows them)")),
+        ("stats_examples", int, option(256, "most training examples a method reads for its statistics "
+                                            "(layer-input covariances); drawn in order, batched, no gradients")),
+        ("stats_batch_size", int, option(8, "examples per forward pass when a method collects statistics")),
+    ]
+    for name, cls in sorted(METHODS.items()):
+        if cls.Options is not None:
+            doc = (cls.__doc__ or name).strip().splitlines()[0]
+            fields.append((section(name), cls.Options,
+                           field(default_factory=cls.Options, metadata={"help": f"{name}: {doc}"})))
+    return dataclasses.make_dataclass("MethodConfig", fields)
+
+
+def method_options(method_cfg, name: str | None = None):
+    """The options object of the named method (or the configured one) in a ``method`` config section."""
+    name = name or method_cfg.name
+    cls = get_method(name)
+    return getattr(method_cfg, section(name)) if cls.Options is not None else None
+
+
+def build_method(method_cfg, lora_shapes: dict[str, tuple[int, int]], rank: int, num_tasks: int = 0) -> Method:
+    """The configured method, given its own options (checked in its constructor)."""
+    cls = get_method(method_cfg.name)
+    return cls(method_options(method_cfg), lora_shapes, rank, num_tasks)
+
+
 class Method:
-    """Do-nothing defaults. ``lora_shapes`` maps each target layer to (out, in); ``rank`` is r."""
+    """Do-nothing defaults. ``lora_shapes`` maps each target layer to (out, in); ``rank`` is r; ``num_tasks``
+    is the run's T (0 where a method is built without a run, as when its settings are checked)."""
 
     name = "base"
+    Options: type | None = None
     #: True for joint training on the union of all tasks (one evaluation, at the end).
     multi_task = False
+    #: False for a method that keeps earlier tasks' data (tables label it).
+    data_free = True
+    #: True when the state kept between tasks grows with the number of tasks.
+    grows = False
     #: The run's task names in training order (set by the harness; for methods that name exports).
     task_names: tuple[str, ...] = ()
 
-    def __init__(self, config, lora_shapes: dict[str, tuple[int, int]], rank: int = 8):
-        self.config = config
+    def __init__(self, options, lora_shapes: dict[str, tuple[int, int]], rank: int = 8, num_tasks: int = 0):
+        self.options = options
         self.lora_shapes = lora_shapes
         self.rank = rank
+        self.num_tasks = num_tasks
 
     # -- before a task --------------------------------------------------------------------------
-    def init_lora(self, i: int, default: LoraWeights) -> LoraWeights:
+    def init_lora(self, i: int, default: LoraWeights, data: TaskData | None = None) -> LoraWeights:
         """The LoRA that task i (1-based) starts from; ``default`` is PEFT's fresh init at rank r."""
         return default
 
@@ -62,13 +128,17 @@ class Method:
         """Leading rank components that stay frozen during task i (for methods that stack LoRAs)."""
         return 0
 
+    def extra_examples(self, i: int) -> list:
+        """Encoded examples trained on with task i's own (replay); none for a data-free method."""
+        return []
+
     # -- during a task --------------------------------------------------------------------------
     def extra_loss(self, i: int, params: LoraWeights) -> torch.Tensor | None:
         """A term added to the task loss; ``params`` are the live, trainable tensors."""
         return None
 
     # -- after a task ---------------------------------------------------------------------------
-    def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
+    def after_task(self, i: int, trained: LoraWeights, data: TaskData | None = None) -> LoraWeights:
         """Fold the fine-tuned LoRA into the method's state; return the LoRA to evaluate and deploy."""
         return trained
 
@@ -82,30 +152,27 @@ class Method:
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
-        """Every adapter tensor the method keeps between tasks (checkpointed; counted in bytes)."""
+        """Every tensor the method keeps between tasks (checkpointed; counted in bytes)."""
         return {}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what ``state`` returned."""
 
     def state_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state().values())
+        return tensors_bytes(self.state().values())
 
-    # -- helpers for subclasses -------------------------------------------------------------------
-    @staticmethod
-    def flatten(prefix: str, weights: LoraWeights) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, (A, B) in weights.items():
-            out[f"{prefix}/{name}/A"] = A
-            out[f"{prefix}/{name}/B"] = B
-        return out
+    def stats(self) -> dict:
+        """Figures a method records after each task besides its state's bytes (a basis's size, a buffer's
+        examples); JSON values."""
+        return {}
 
-    @staticmethod
-    def unflatten(prefix: str, tensors: dict[str, torch.Tensor]) -> LoraWeights:
-        out: LoraWeights = {}
-        start = prefix + "/"
-        for key in tensors:
-            if key.startswith(start) and key.endswith("/A"):
-                name = key[len(start) : -2]
-                out[name] = (tensors[key], tensors[f"{start}{name}/B"])
-        return out
+    # Kept as methods for the methods' convenience; the functions live in lora_ops.
+    flatten = staticmethod(flatten)
+    unflatten = staticmethod(unflatten)
+
+
+def needs_data(data: TaskData | None, method: str) -> TaskData:
+    """``data`` or a clear error: the method reads task data, and was called without any."""
+    if data is None:
+        raise ValueError(f"method {method!r} needs the task's data (a TaskData) in this hook")
+    return data

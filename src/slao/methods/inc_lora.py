@@ -9,33 +9,27 @@ from __future__ import annotations
 
 import torch
 
-from slao.methods.base import LoraWeights, Method, register
-from slao.methods.seq_lora import clone_lora
-
-
-def stack_loras(old: LoraWeights, new: LoraWeights) -> LoraWeights:
-    """Append ``new``'s rank components after ``old``'s: A rows (k*r + r, in), B columns (out, k*r + r)."""
-    if not old:
-        return clone_lora(new)
-    return {name: (torch.cat([A, new[name][0]], 0), torch.cat([B, new[name][1]], 1))
-            for name, (A, B) in old.items()}
+from slao.methods.base import Method, register
+from slao.methods.lora_ops import LoraWeights, clone_lora, stack_loras
 
 
 @register("inc-lora")
 class IncLoraMethod(Method):
     """A new LoRA per task, earlier ones frozen, all summed at inference (grows by one LoRA a task)."""
 
-    def __init__(self, config, lora_shapes, rank=8):
-        super().__init__(config, lora_shapes, rank)
+    grows = True
+
+    def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
+        super().__init__(options, lora_shapes, rank, num_tasks)
         self.stack: LoraWeights = {}  # name -> (A (k*r, in), B (out, k*r)) after k tasks
 
-    def init_lora(self, i: int, default: LoraWeights) -> LoraWeights:
+    def init_lora(self, i, default, data=None):
         return stack_loras(self.stack if i > 1 else {}, default)
 
     def frozen_rank(self, i: int) -> int:
         return (i - 1) * self.rank
 
-    def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
+    def after_task(self, i, trained, data=None):
         self.stack = clone_lora(trained)
         return self.stack
 

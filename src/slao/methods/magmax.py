@@ -13,12 +13,13 @@ scaled dense update, at rank min(out, in) (zero-padded to one rank for all layer
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from slao.errors import ConfigError
-from slao.methods.base import LoraWeights, Method, register
-from slao.methods.seq_lora import clone_lora
+from slao.methods.base import Method, option, register
+from slao.methods.lora_ops import LoraWeights, clone_lora, factorize, full_rank
 
 
 def max_magnitude_merge(merged: torch.Tensor | None, update: torch.Tensor) -> torch.Tensor:
@@ -28,41 +29,31 @@ def max_magnitude_merge(merged: torch.Tensor | None, update: torch.Tensor) -> to
     return torch.where(update.abs() > merged.abs(), update, merged)
 
 
-def factorize(dense: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """dense (out, in) -> (A (rank, in), B (out, rank)) with B @ A == dense up to rounding.
-
-    SVD dense = U diag(S) Vh: A = Vh, B = U * S. Components past min(out, in) are zero, so padding to a
-    common rank changes nothing.
-    """
-    U, S, Vh = torch.linalg.svd(dense.to(torch.float64), full_matrices=False)  # k = min(out, in)
-    k = S.shape[0]
-    A = torch.zeros(rank, dense.shape[1], dtype=torch.float64)
-    B = torch.zeros(dense.shape[0], rank, dtype=torch.float64)
-    A[:k] = Vh
-    B[:, :k] = U * S
-    return A.to(dense.dtype), B.to(dense.dtype)
+@dataclass
+class MagmaxOptions:
+    scale: float = option(0.5, "factor on the merged update that is deployed (the MagMax authors' code: 0.5)")
 
 
-@register("magmax")
+@register("magmax", options=MagmaxOptions)
 class MagMaxMethod(Method):
     """Sequential fine-tuning; after each task keep, per weight entry, the largest-magnitude task update,
     and deploy that merge times ``method.magmax.scale`` (0.5, as in Marczak et al.'s code)."""
 
-    def __init__(self, config, lora_shapes, rank=8):
-        super().__init__(config, lora_shapes, rank)
-        self.scale = float(config.magmax.scale)
+    def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
+        super().__init__(options, lora_shapes, rank, num_tasks)
+        self.scale = float(options.scale)
         if not (math.isfinite(self.scale) and self.scale > 0):
-            raise ConfigError(f"method.magmax.scale must be a positive number, got {config.magmax.scale!r}")
+            raise ConfigError(f"method.magmax.scale must be a positive number, got {options.scale!r}")
         # The merged update is kept divided by s = alpha / r (that is, as B @ A): s is the same for
         # every task, so the entry-wise choice is unchanged and the factors load at PEFT's scale s.
         self.merged: dict[str, torch.Tensor] = {}  # name -> (out, in)
         self.last_ft: LoraWeights = {}
-        self.deploy_rank = max(min(shape) for shape in lora_shapes.values()) if lora_shapes else rank
+        self.deploy_rank = full_rank(lora_shapes, rank)
 
-    def init_lora(self, i: int, default: LoraWeights) -> LoraWeights:
+    def init_lora(self, i, default, data=None):
         return clone_lora(self.last_ft) if i > 1 and self.last_ft else default
 
-    def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
+    def after_task(self, i, trained, data=None):
         self.last_ft = clone_lora(trained)
         self.merged = {name: max_magnitude_merge(self.merged.get(name), B @ A)
                        for name, (A, B) in trained.items()}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from slao.methods.base import LoraWeights, Method, register
-from slao.methods.seq_lora import clone_lora
+from slao.methods.base import Method, register
+from slao.methods.lora_ops import LoraWeights, clone_lora
 
 
 @register("mtl")
@@ -13,12 +13,13 @@ class MultiTaskMethod(Method):
     """One LoRA trained once on the union of all tasks (the upper bound); evaluated once at the end."""
 
     multi_task = True
+    data_free = False  # it trains on every task's data at once
 
-    def __init__(self, config, lora_shapes, rank=8):
-        super().__init__(config, lora_shapes, rank)
+    def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
+        super().__init__(options, lora_shapes, rank, num_tasks)
         self.lora: LoraWeights = {}
 
-    def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
+    def after_task(self, i, trained, data=None):
         self.lora = clone_lora(trained)
         return self.lora
 

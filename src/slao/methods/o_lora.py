@@ -3,11 +3,13 @@ orthogonal to the earlier tasks' A, so the new LoRA learns in a subspace the old
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from slao.errors import ConfigError
-from slao.methods.base import LoraWeights, register
-from slao.methods.inc_lora import IncLoraMethod
+from slao.methods.base import Method, option, register
+from slao.methods.lora_ops import LoraWeights, clone_lora, stack_loras
 
 
 def orthogonality_penalty(A_old: torch.Tensor, A_new: torch.Tensor) -> torch.Tensor:
@@ -15,24 +17,39 @@ def orthogonality_penalty(A_old: torch.Tensor, A_new: torch.Tensor) -> torch.Ten
     return (A_old @ A_new.T).abs().sum()
 
 
-@register("o-lora")
-class OLoraMethod(IncLoraMethod):
-    """inc-lora plus lambda1 * sum |A_old @ A_new^T| + lambda2 * L2 norm of the new LoRA (O-LoRA).
+@dataclass
+class OLoraOptions:
+    lambda1: float = option(0.5, "weight of the orthogonality loss sum |A_old @ A_new^T|")
+    lambda2: float = option(0.0, "weight of the L2 norm of the new LoRA")
 
-    The stacking, freezing and state are inc-lora's (this class only adds the loss). The loss during
+
+@register("o-lora", options=OLoraOptions)
+class OLoraMethod(Method):
+    """Incremental LoRA plus lambda1 * sum |A_old @ A_new^T| + lambda2 * L2 norm of the new LoRA (O-LoRA).
+
+    Earlier tasks' LoRAs are stacked and frozen as in inc-lora (grows by one LoRA a task). The loss during
     task i, over the target layers, with k = (i-1)*r frozen leading rank components:
     ``lambda1 * sum_layers orthogonality_penalty(A[:k], A[k:])
     + lambda2 * sum_layers (||A[k:]||_F + ||B[:, k:]||_F)``, i.e. the (unsquared) Frobenius norm of
     every new factor, summed, as in the O-LoRA code. Settings: method.o_lora.lambda1 / lambda2.
     """
 
-    def __init__(self, config, lora_shapes, rank=8):
-        super().__init__(config, lora_shapes, rank)
-        self.lambda1 = float(config.o_lora.lambda1)
-        self.lambda2 = float(config.o_lora.lambda2)
+    grows = True
+
+    def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
+        super().__init__(options, lora_shapes, rank, num_tasks)
+        self.lambda1 = float(options.lambda1)
+        self.lambda2 = float(options.lambda2)
         for key, value in (("lambda1", self.lambda1), ("lambda2", self.lambda2)):
             if not value >= 0:
                 raise ConfigError(f"method.o_lora.{key} must be a number >= 0, got {value}")
+        self.stack: LoraWeights = {}  # name -> (A (k*r, in), B (out, k*r)) after k tasks
+
+    def init_lora(self, i, default, data=None):
+        return stack_loras(self.stack if i > 1 else {}, default)
+
+    def frozen_rank(self, i: int) -> int:
+        return (i - 1) * self.rank
 
     def extra_loss(self, i: int, params: LoraWeights) -> torch.Tensor | None:
         k = self.frozen_rank(i)
@@ -49,3 +66,13 @@ class OLoraMethod(IncLoraMethod):
                 term = term + self.lambda2 * (torch.linalg.vector_norm(A[k:]) + torch.linalg.vector_norm(B[:, k:]))
             total = term if total is None else total + term
         return total
+
+    def after_task(self, i, trained, data=None):
+        self.stack = clone_lora(trained)
+        return self.stack
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.flatten("stack", self.stack)
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.stack = self.unflatten("stack", tensors)

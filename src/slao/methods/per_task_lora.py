@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from slao.methods.base import LoraWeights, Method, register
-from slao.methods.seq_lora import clone_lora
+from slao.methods.base import Method, register
+from slao.methods.lora_ops import LoraWeights, clone_lora
 
 
 def folder_name(task: str) -> str:
@@ -19,11 +19,13 @@ def folder_name(task: str) -> str:
 class PerTaskLoraMethod(Method):
     """An independent LoRA per task, picked by task name at inference (an oracle; grows a LoRA a task)."""
 
-    def __init__(self, config, lora_shapes, rank=8):
-        super().__init__(config, lora_shapes, rank)
+    grows = True
+
+    def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
+        super().__init__(options, lora_shapes, rank, num_tasks)
         self.loras: list[LoraWeights] = []  # task j (0-based) -> its LoRA
 
-    def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
+    def after_task(self, i, trained, data=None):
         del self.loras[i - 1 :]  # a task trained again (never in a normal run) replaces its LoRA
         self.loras.append(clone_lora(trained))
         return self.loras[-1]

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from slao.methods.base import LoraWeights, Method, register
-
-
-def clone_lora(weights: LoraWeights) -> LoraWeights:
-    return {name: (A.clone(), B.clone()) for name, (A, B) in weights.items()}
+from slao.methods.base import Method, register
+from slao.methods.lora_ops import LoraWeights, clone_lora
 
 
 @register("seq-lora")
 class SeqLoraMethod(Method):
     """One LoRA trained on every task in turn from the previous task's LoRA; no merging (lower bound)."""
 
-    def __init__(self, config, lora_shapes, rank=8):
-        super().__init__(config, lora_shapes, rank)
+    def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
+        super().__init__(options, lora_shapes, rank, num_tasks)
         self.lora: LoraWeights = {}
 
-    def init_lora(self, i: int, default: LoraWeights) -> LoraWeights:
+    def init_lora(self, i, default, data=None):
         return clone_lora(self.lora) if i > 1 and self.lora else default
 
-    def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
+    def after_task(self, i, trained, data=None):
         self.lora = clone_lora(trained)
         return self.lora
 

@@ -8,11 +8,13 @@ Variants (the paper's ablations) are settings of the one method, not copies.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from slao.errors import ConfigError
-from slao.methods.base import LoraWeights, Method, register
+from slao.methods.base import Method, option, register
+from slao.methods.lora_ops import LoraWeights
 
 
 def orthogonal_init(A: torch.Tensor) -> torch.Tensor:
@@ -82,16 +84,25 @@ def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"method.slao.{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-@register("slao")
+@dataclass
+class SlaoOptions:
+    init: str = option("last-ft", "initialise task i from: last-ft | merged | random")
+    a_rule: str = option("replace", "merge rule for A: replace | interpolate")
+    b_rule: str = option("interpolate", "merge rule for B: interpolate | replace")
+    train: str = option("both", "factors that train: both | a | b")
+    schedule: str = option("inv-sqrt", "merge weight lambda(i): inv-sqrt | inv | a constant")
+
+
+@register("slao", options=SlaoOptions)
 class SlaoMethod(Method):
     """SLAO: orthogonal init from the last fine-tuned LoRA, merge after every task (A replaced, B interpolated).
 
     State between tasks: the merged LoRA and the last fine-tuned LoRA, nothing that grows.
     """
 
-    def __init__(self, config, lora_shapes, rank=8):
-        super().__init__(config, lora_shapes, rank)
-        opts = config.slao
+    def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
+        super().__init__(options, lora_shapes, rank, num_tasks)
+        opts = options
         _check("init", opts.init, INITS)
         _check("a_rule", opts.a_rule, A_RULES)
         _check("b_rule", opts.b_rule, B_RULES)
@@ -101,7 +112,7 @@ class SlaoMethod(Method):
         self.merged: LoraWeights = {}
         self.last_ft: LoraWeights = {}
 
-    def init_lora(self, i: int, default: LoraWeights) -> LoraWeights:
+    def init_lora(self, i, default, data=None):
         if i == 1 or self.opts.init == "random":
             return default
         source = self.last_ft if self.opts.init == "last-ft" else self.merged
@@ -117,7 +128,7 @@ class SlaoMethod(Method):
             return True, True
         return {"both": (True, True), "a": (True, False), "b": (False, True)}[self.opts.train]
 
-    def after_task(self, i: int, trained: LoraWeights) -> LoraWeights:
+    def after_task(self, i, trained, data=None):
         self.last_ft = {name: (A.clone(), B.clone()) for name, (A, B) in trained.items()}
         merged = {}
         for name, (A_ft, B_ft) in trained.items():
