@@ -33,11 +33,33 @@ class LoraAdapter:
     """A PEFT LoRA on a base model whose scale ``s = alpha / r`` stays fixed when the rank changes
     (a LoRA of rank k*r that stacks k LoRAs then computes exactly their sum)."""
 
+    adapter_name = ADAPTER
+    #: False for a user's own PeftModel (``attach``): its rank is theirs, and is never changed here.
+    resizable = True
+
     def __init__(self, base_model: torch.nn.Module, settings: LoraSettings):
         self.settings = settings
         self.scaling = settings.alpha / settings.r
         self.rank = settings.r
         self.model: PeftModel = get_peft_model(base_model, self._peft_config(settings.r))
+
+    @classmethod
+    def attach(cls, model: PeftModel, adapter_name: str = ADAPTER) -> LoraAdapter:
+        """Read and write the LoRA of a user's own ``PeftModel`` (its adapter ``adapter_name``)."""
+        config = getattr(model, "peft_config", {}).get(adapter_name)
+        if config is None or not isinstance(config, LoraConfig):
+            raise SlaoError(f"the model has no LoRA adapter named {adapter_name!r}; wrap it with "
+                            "peft.get_peft_model(model, LoraConfig(...)) first")
+        self = cls.__new__(cls)
+        self.model, self.adapter_name, self.resizable = model, adapter_name, False
+        targets = config.target_modules
+        self.settings = LoraSettings(r=config.r, alpha=float(config.lora_alpha), dropout=config.lora_dropout,
+                                     target_modules=[targets] if isinstance(targets, str) else sorted(targets or []))
+        self.rank = config.r
+        self.scaling = config.lora_alpha / config.r
+        if not self._layers():
+            raise SlaoError(f"adapter {adapter_name!r} has no LoRA layers")
+        return self
 
     def _peft_config(self, rank: int) -> LoraConfig:
         return LoraConfig(
@@ -53,7 +75,7 @@ class LoraAdapter:
     def _layers(self) -> dict[str, LoraLayer]:
         layers = {}
         for name, module in self.model.named_modules():
-            if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
+            if isinstance(module, LoraLayer) and self.adapter_name in module.lora_A:
                 layers[name.removeprefix(_PREFIX)] = module
         return layers
 
@@ -72,7 +94,7 @@ class LoraAdapter:
     def params(self) -> dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]]:
         """The live A and B parameters of every layer (for the optimiser and extra losses)."""
         return {
-            name: (layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight)
+            name: (layer.lora_A[self.adapter_name].weight, layer.lora_B[self.adapter_name].weight)
             for name, layer in self._layers().items()
         }
 
@@ -83,6 +105,9 @@ class LoraAdapter:
     def set(self, weights: LoraWeights) -> None:
         rank = next(iter(weights.values()))[0].shape[0]
         if rank != self.rank:
+            if not self.resizable:
+                raise SlaoError(f"this method needs a LoRA of rank {rank}, and the model's adapter has rank "
+                                f"{self.rank}, which slao does not change in a model it was handed")
             self.resize(rank)
         params = self.params()
         missing = set(params) - set(weights)
@@ -147,7 +172,7 @@ class LoraAdapter:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir.parent))
         try:
-            self.model.peft_config[ADAPTER].base_model_name_or_path = base_model
+            self.model.peft_config[self.adapter_name].base_model_name_or_path = base_model
             self.model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
             _check_adapter_files(tmp)
             if out_dir.exists():
