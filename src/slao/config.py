@@ -71,6 +71,16 @@ class EvalConfig:
                           "F n/a) | last (AA only); the next task too with eval.zero_shot (FWT)")
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+@dataclass
+class LogConfig:
+    trackers: list[str] = _f([], "experiment trackers (Accelerate's): tensorboard | wandb | mlflow; per-step loss "
+                                 "and lr, and after each task the scores and running AA, BWT, F")
+    project: str = _f("slao", "project (experiment) name given to the trackers")
+
+
 # The method section is built from the registry: each method declares its settings in its own file.
 MethodConfig = method_config_class()
 
@@ -91,6 +101,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
+    log: LogConfig = field(default_factory=LogConfig, metadata={"help": "experiment tracking"})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,6 +231,8 @@ def _validate(cfg: RunConfig) -> None:
         checks.append((n is None or n >= 1, f"data.{cap} must be at least 1"))
     if cfg.data.carve_test is not None:
         checks.append((0 < cfg.data.carve_test < 1, "data.carve_test must be a fraction in (0, 1)"))
+    for name in cfg.log.trackers:
+        checks.append((name in TRACKERS, f"log.trackers: unknown tracker {name!r}; valid: {', '.join(TRACKERS)}"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

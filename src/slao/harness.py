@@ -24,21 +24,42 @@ from slao.errors import ConfigError
 from slao.evaluate import evaluate_task, example_scores
 from slao.lora import LoraAdapter
 from slao.methods import build_method
+from slao.metrics import all_metrics
 from slao.runfolder import RunFolder, run_meta, tasks_sha256, test_sha256  # noqa: F401 - re-exported
 from slao.taskdata import TaskData
 from slao.train import train_task
 
 # Settings that cannot change a run's numbers; everything else must match to resume.
-NEUTRAL_KEYS = {"train.log_every"}
+NEUTRAL_KEYS = {"train.log_every", "log.trackers", "log.project"}
 
 
-def make_accelerator() -> Accelerator:
+def make_accelerator(trackers: list[str] | None = None, out: str | Path | None = None) -> Accelerator:
     """The run's Accelerator. Accelerate joins several CPU processes (torchrun, mpirun) into one job only
     when asked for the CPU; otherwise each process would run alone, believe it is the main one, and
-    they would overwrite each other's files."""
+    they would overwrite each other's files. ``trackers`` (Accelerate's) write under ``out``/logs."""
     device = torch.accelerator.current_accelerator()
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if trackers:
+        check_trackers(trackers)
+        return Accelerator(cpu=several and (device is None or device.type == "mps"), log_with=list(trackers),
+                           project_dir=str(Path(out or ".") / "logs"))
     return Accelerator(cpu=several and (device is None or device.type == "mps"))
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Each tracker's package is installed, or one line naming the extra that brings it."""
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    found = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
+    for name in trackers:
+        if not found[name]():
+            raise ConfigError(f"log.trackers={name} needs the {name} package: pip install 'slao[tracking]' "
+                              f"(or pip install {name})")
+
+
+def _tracker_config(cfg: RunConfig) -> dict:
+    """The run's settings as flat scalars (trackers take numbers, strings and booleans)."""
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in _flat(to_dict(cfg)).items()}
 
 
 @functools.cache
@@ -136,6 +157,7 @@ class Run:
         # versions(): the code that runs is the code of now
         self.books = RunFolder(out, cfg, tasks, model_id, self.acc.is_main_process, self.acc.num_processes,
                                flags, versions())
+        self.tracking = bool(cfg.log.trackers) and bool(self.acc.log_with)
 
     # -- the run -----------------------------------------------------------------------------------
     def execute(self) -> dict:
@@ -149,6 +171,8 @@ class Run:
             self.echo(f"resuming {self.out} after task {start} of {T} ({self.names[start - 1]})")
         self.books.open(start)
         self.acc.wait_for_everyone()
+        if self.tracking:
+            self.acc.init_trackers(self.cfg.log.project, config=_tracker_config(self.cfg))
         if self.cfg.eval.zero_shot and self.books.progress["zero_shot"] is None:
             self.zero_shot()
         if self.method.multi_task:  # one training on the union of the tasks, scored as the last row
@@ -169,10 +193,29 @@ class Run:
 
     def _train(self, i: int, examples, name: str, slot: int) -> None:
         stats = train_task(self.acc, self.adapter, self.method, i, name, examples, self.cfg.train,
-                           self.cfg.seed, self.tok.pad_token_id, self.books.log)
+                           self.cfg.seed, self.tok.pad_token_id, self._log)
         self.books.record_training(slot, stats)
         self.echo(f"task {i}/{len(self.tasks)} {name}: {stats['steps']} steps in {stats['seconds']:.1f}s, "
                   f"final loss {stats['final_loss']:.4f}")
+
+    def _steps_done(self) -> int:
+        """Optimiser steps of the tasks finished so far: trackers get one step axis over the whole run."""
+        return sum(s for s in self.books.progress["train_steps"] if s)
+
+    def _log(self, record: dict) -> None:
+        self.books.log(record)
+        if self.tracking:
+            self.acc.log({"train/loss": record["loss"], "train/lr": record["lr"]},
+                         step=self._steps_done() + record["step"])
+
+    def _track_row(self, i: int, row) -> None:
+        """After task i: each scored task, and AA, BWT and F over the tasks learned so far."""
+        values = {f"eval/{n}": v for n, v in zip(self.names, row, strict=True) if v is not None}
+        R = [r[:i] for r in self.books.progress["accuracy"][:i]]
+        zero = self.books.progress["zero_shot"]
+        running = all_metrics(R, zero[:i] if zero else None)
+        values.update({f"metrics/{k}": v for k, v in running.items() if v is not None and k != "fwt"})
+        self.acc.log(values, step=self._steps_done())
 
     def _finish_task(self, i: int, deploy) -> None:
         """Score row i with the deployed LoRA, then checkpoint (every process takes part in both)."""
@@ -181,6 +224,8 @@ class Run:
                                  self.method.multi_task)
         row, per_example, seconds = self.evaluate_row(tasks, f"after {i}")
         self.books.record_row(i - 1, row, per_example, seconds, self.method.state_bytes(), self.method.stats())
+        if self.tracking:
+            self._track_row(i, row)
         scored = [f"{n} {v:.1f}" for n, v in zip(self.names, row, strict=True) if v is not None]
         self.echo(f"after task {i}: " + (", ".join(scored) or f"nothing scored (eval.rows={self.cfg.eval.rows})"))
         mine = checkpoint.rng_state()
@@ -234,6 +279,8 @@ class Run:
                 self.adapter.export(weights, self.out / "adapter" / sub if sub else self.out / "adapter",
                                     self.model_id)
         results = self.books.finish()
+        if self.tracking:
+            self.acc.end_training()
         self.acc.wait_for_everyone()
         return results
 
@@ -243,7 +290,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, echo=print) -> dict:
     from slao.models import load_model, model_id
     from slao.tasks import load_benchmark
 
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(cfg.log.trackers, out)
     start = time.perf_counter()
     tasks = load_benchmark(cfg)
     base = model_id(cfg.model, seed=cfg.seed)
