@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -233,14 +234,39 @@ def main(argv: list[str] | None = None) -> int:
     # Deprecation notices raised inside PEFT/transformers, not actionable by a user of slao.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = make_parser().parse_args(argv)
+    previous = _on_sigterm()
     try:
         return args.func(args)
     except SlaoError as err:
         print(f"slao: error: {err}", file=sys.stderr)
         return err.exit_status
+    except Terminated:
+        print(f"\nslao: terminated (SIGTERM). {_interrupt_hint(args)}", file=sys.stderr, flush=True)
+        return 143
     except KeyboardInterrupt:
         print(f"\nslao: interrupted. {_interrupt_hint(args)}", file=sys.stderr, flush=True)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers send before SIGKILL), handled like Ctrl-C: nothing new is finished, the last
+    checkpoint stays, the resume command is printed."""
+
+
+def _on_sigterm():
+    """Turn SIGTERM into ``Terminated`` in the main thread; return the handler it replaced (or None)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def raise_terminated(signum, frame):
+        raise Terminated
+
+    return signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def _interrupt_hint(args) -> str:

@@ -25,7 +25,14 @@ from slao.evaluate import evaluate_task, example_scores
 from slao.lora import LoraAdapter
 from slao.methods import build_method
 from slao.metrics import all_metrics
-from slao.runfolder import RunFolder, run_meta, tasks_sha256, test_sha256  # noqa: F401 - re-exported
+from slao.runfolder import (  # noqa: F401 - tasks_sha256 and test_sha256 re-exported
+    RunFolder,
+    exclusive,
+    run_meta,
+    tasks_sha256,
+    test_sha256,
+    write_failure,
+)
 from slao.taskdata import TaskData
 from slao.train import train_task
 
@@ -294,10 +301,14 @@ def run_experiment(cfg: RunConfig, out: str | Path, echo=print) -> dict:
     start = time.perf_counter()
     tasks = load_benchmark(cfg)
     base = model_id(cfg.model, seed=cfg.seed)
-    resume_point(cfg, Path(out), run_meta(cfg, tasks, base))  # refuse a bad resume before loading the model
-    model, tokenizer = load_model(cfg.model, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
-                                  dtype=getattr(torch, cfg.model_dtype))
-    run = Run(cfg, out, tasks, model, tokenizer, base, accelerator, echo)
-    results = run.execute()
+    with exclusive(out):  # one writer per run folder, for the life of the run
+        resume_point(cfg, Path(out), run_meta(cfg, tasks, base))  # refuse a bad resume before loading the model
+        model, tokenizer = load_model(cfg.model, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+                                      dtype=getattr(torch, cfg.model_dtype))
+        run = Run(cfg, out, tasks, model, tokenizer, base, accelerator, echo)
+        try:
+            results = run.execute()
+        except OSError as err:  # a full disk or a lost mount while writing: the last checkpoint is whole
+            raise write_failure(err, Path(out), len(tasks)) from None
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     return results

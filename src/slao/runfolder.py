@@ -7,13 +7,76 @@ writes; every process keeps the same progress.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import os
+import socket
 from pathlib import Path
 
 from slao import checkpoint
 from slao.config import RunConfig, dump_yaml, to_dict
+from slao.errors import SlaoError
 from slao.metrics import all_metrics
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (documented in the README)
+    fcntl = None
+
+LOCK_FILE = ".lock"
+
+
+class RunInUse(SlaoError):
+    """Another live process holds the run folder."""
+
+
+class WriteFailed(SlaoError):
+    """A file of the run folder could not be written (a full disk, a lost mount, no permission)."""
+
+
+@contextlib.contextmanager
+def exclusive(out: str | Path):
+    """Hold the run folder for this process: an OS lock on ``out/.lock`` that dies with the process (a
+    killed run leaves no stale lock). Under several processes (torchrun) the first holds it for the job.
+    A second holder is refused with the folder and the process that has it."""
+    out = Path(out)
+    if fcntl is None or int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the life of the run
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            f.seek(0)
+            holder = f.read().strip() or "a process that did not say its id"
+            raise RunInUse(f"{out} is in use by {holder}; wait for it to end or stop it (a stopped or killed "
+                           "run frees the folder at once), or use another --output folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"slao process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing releases the lock
+
+
+def write_failure(err: OSError, out: Path, tasks: int) -> WriteFailed:
+    """One line: the path, the cause, the checkpoint that is kept and the command that continues."""
+    from slao.checkpoint import latest
+
+    path = err.filename or out
+    cause = err.strerror or str(err)
+    last = latest(out)
+    kept = (f"the checkpoint after task {int(last.name.split('-')[1])} of {tasks} is intact" if last
+            else "no task had finished")
+    return WriteFailed(f"could not write {path}: {cause}; {kept}. Free space (or fix the folder), then continue "
+                       f"with: slao run --resume {out}")
 
 
 def tasks_sha256(tasks) -> str:
