@@ -18,12 +18,15 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
@@ -131,3 +134,57 @@ def test_sharded_or_self_stepping_backends_are_refused():
         check_backend(launched(DistributedType.DEEPSPEED), TrainConfig(grad_accum=2))
     for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.DEEPSPEED):
         check_backend(launched(kind), TrainConfig())  # DDP and ZeRO without accumulation run
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of the given rank (a descendant of ``launcher`` with RANK=rank)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            pid, parents = int(entry.name), []
+            while pid > 1 and len(parents) < 8:
+                pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+        if f"RANK={rank}".encode() in env and launcher in parents:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker's pid through /proc")
+def test_a_killed_rank_leaves_a_run_that_resumes_to_the_same_results(runs, tmp_path):
+    """SIGKILL of one of two torchrun workers after the first checkpoint: the job ends, the run folder keeps
+    that checkpoint, and a 2-process resume ends exactly where the uninterrupted 2-process run did."""
+    data = runs["two"][0].parent / "data"
+    args = [*RUN, "--data-dir", str(data)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env.pop("WORLD_SIZE", None)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    out = tmp_path / "cut"
+    with open(tmp_path / "cut.log", "w") as log:
+        job = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "slao", *args,
+                                "--output", str(out)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "task-0001").exists():
+        assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "cut.log").read_text()[-2000:]
+        time.sleep(0.02)
+    worker = _rank_pid(job.pid, 1)
+    assert worker is not None
+    os.kill(worker, signal.SIGKILL)
+    assert job.wait(timeout=300) != 0
+    assert not _results(out)["finished"]
+    resumed = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "slao", "run", "--resume",
+                              str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    whole, cut = _results(runs["two"][0]), _results(out)
+    assert cut["finished"] and cut["accuracy"] == whole["accuracy"] and cut["num_processes"] == 2
+    A = load_file(str(runs["two"][0] / "adapter" / "adapter_model.safetensors"))
+    B = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert A.keys() == B.keys() and all(torch.equal(A[k], B[k]) for k in A)
+    logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
+             for line in (f / "train_log.jsonl").read_text().splitlines()] for f in (runs["two"][0], out)]
+    assert logs[0] == logs[1]
