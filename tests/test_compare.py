@@ -69,6 +69,7 @@ def test_compare_writes_runs_and_aggregates(compared):
             assert entry[key]["std"] == pytest.approx(statistics.stdev(values))
         assert entry["fwt"]["mean"] is None  # no zero-shot scores were measured
         assert entry["adapter_state_bytes"] == runs[0]["adapter_state_bytes"][-1]
+        assert entry["data_free"] is True and entry["grows"] is False and runs[0]["data_free"] is True
         train = [sum(r["train_seconds"]) for r in runs]
         assert entry["train_seconds"]["mean"] == pytest.approx(statistics.mean(train), abs=1e-3)
         evals = [sum(r["eval_seconds"]) for r in runs]
@@ -81,6 +82,7 @@ def test_compare_writes_runs_and_aggregates(compared):
     md = (out / "comparison.md").read_text()
     for method in METHODS:
         assert f"| {method} | 2 |" in md
+        assert md.split(f"| {method} | 2 |")[1].split("\n")[0].count("| data-free |") == 1
     assert "## Paired comparisons" in md and "paired bootstrap (2000 replicates)" in md
     assert "| slao − seq-lora |" in md and "- slao vs seq-lora: AA: " in md
     assert "within noise" not in md  # the unpaired margin is gone

@@ -96,6 +96,14 @@ def task_test_counts(results: dict) -> dict[str, int]:
     return {name: int(info.get("test", 0)) for name, info in (results.get("task_info") or {}).items()}
 
 
+def _method_flag(name: str | None, flag: str) -> bool | None:
+    from slao.methods import METHODS, get_method
+
+    get_method("slao")  # fills the registry
+    cls = METHODS.get(name or "")
+    return getattr(cls, flag) if cls is not None else None
+
+
 def aggregate_method(runs: Sequence[dict]) -> dict:
     """One method's entry of comparison.json from its finished runs' results dicts (all seeds and orders:
     a metric's mean is over every run, so over orders the mean of equal numbers of seeds)."""
@@ -108,6 +116,9 @@ def aggregate_method(runs: Sequence[dict]) -> dict:
         out[key] = summarize([m.get(key) for m in metrics])
     sizes = [_final(r.get("adapter_state_bytes")) for r in runs]
     out["adapter_state_bytes"] = max((s for s in sizes if s is not None), default=None)
+    for flag in ("data_free", "grows"):  # recorded by runs since these flags exist; else the method's own
+        values = {r[flag] if flag in r else _method_flag(r.get("method"), flag) for r in runs}
+        out[flag] = values.pop() if len(values) == 1 else None
     out["train_seconds"] = summarize([_total(r.get("train_seconds")) for r in runs])
     out["eval_seconds"] = summarize([_total(r.get("eval_seconds")) for r in runs])
     by_order: dict = {}

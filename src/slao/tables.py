@@ -90,10 +90,16 @@ def results_table(results: dict) -> str:
 
 
 # -- a comparison -----------------------------------------------------------------------------------
+def _keeps(entry: dict) -> str:
+    """What a method keeps between tasks besides its adapter: data or not, and whether its state grows."""
+    data = {True: "data-free", False: "keeps data", None: "?"}[entry.get("data_free")]
+    return data + (", grows" if entry.get("grows") else "")
+
+
 def method_rows(comp: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["method", "runs"] + [LABELS[k] for k in METRICS] + ["adapter state", "train s", "eval s"]
+    head = ["method", "runs"] + [LABELS[k] for k in METRICS] + ["adapter state", "keeps", "train s", "eval s"]
     rows = [[name, str(e.get("runs", len(e["seeds"])))] + [format_stat(e[k]) for k in METRICS]
-            + [format_bytes(e["adapter_state_bytes"]), format_stat(e["train_seconds"]),
+            + [format_bytes(e["adapter_state_bytes"]), _keeps(e), format_stat(e["train_seconds"]),
                format_stat(e["eval_seconds"])] for name, e in comp["methods"].items()]
     return head, rows
 
