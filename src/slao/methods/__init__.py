@@ -2,9 +2,12 @@
 
 # Each import registers its method(s) in METHODS.
 from slao.methods import inc_lora as _inc_lora  # noqa: F401 - "inc-lora"
+from slao.methods import knots as _knots  # noqa: F401 - "knots"
+from slao.methods import lora_lego as _lora_lego  # noqa: F401 - "lora-lego"
 from slao.methods import magmax as _magmax  # noqa: F401 - "magmax"
 from slao.methods import mtl as _mtl  # noqa: F401 - "mtl"
 from slao.methods import o_lora as _o_lora  # noqa: F401 - "o-lora"
+from slao.methods import opcm as _opcm  # noqa: F401 - "opcm"
 from slao.methods import per_task_lora as _per_task_lora  # noqa: F401 - "per-task-lora"
 from slao.methods import seq_lora as _seq_lora  # noqa: F401 - "seq-lora"
 from slao.methods import slao as _slao  # noqa: F401 - "slao"
