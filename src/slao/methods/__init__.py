@@ -2,6 +2,7 @@
 
 # Each import registers its method(s) in METHODS.
 from slao.methods import inc_lora as _inc_lora  # noqa: F401 - "inc-lora"
+from slao.methods import inflora as _inflora  # noqa: F401 - "inflora"
 from slao.methods import magmax as _magmax  # noqa: F401 - "magmax"
 from slao.methods import mtl as _mtl  # noqa: F401 - "mtl"
 from slao.methods import o_lora as _o_lora  # noqa: F401 - "o-lora"
