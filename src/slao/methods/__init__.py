@@ -1,6 +1,7 @@
 """Continual-learning methods, one file each, registered by name."""
 
 # Each import registers its method(s) in METHODS.
+from slao.methods import corda as _corda  # noqa: F401 - "corda"
 from slao.methods import inc_lora as _inc_lora  # noqa: F401 - "inc-lora"
 from slao.methods import inflora as _inflora  # noqa: F401 - "inflora"
 from slao.methods import magmax as _magmax  # noqa: F401 - "magmax"
