@@ -1,7 +1,9 @@
 """Continual-learning methods, one file each, registered by name."""
 
 # Each import registers its method(s) in METHODS.
+from slao.methods import corda as _corda  # noqa: F401 - "corda"
 from slao.methods import inc_lora as _inc_lora  # noqa: F401 - "inc-lora"
+from slao.methods import inflora as _inflora  # noqa: F401 - "inflora"
 from slao.methods import knots as _knots  # noqa: F401 - "knots"
 from slao.methods import lora_lego as _lora_lego  # noqa: F401 - "lora-lego"
 from slao.methods import lorm as _lorm  # noqa: F401 - "lorm-ab", "lorm-ba"
