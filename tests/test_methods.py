@@ -55,6 +55,12 @@ class FakeData:
         self.i = self.task_index = i
         self.per_task, self.tokens = examples_per_task, tokens
 
+    scaling = 4.0
+
+    def base_weights(self):
+        gen = torch.Generator().manual_seed(99)
+        return {name: torch.randn(n_out, n_in, generator=gen) for name, (n_out, n_in) in SHAPES.items()}
+
     def task_examples(self, t: int):
         from slao.encoding import Encoded
 

@@ -119,25 +119,16 @@ def test_kpm_matches_peft_corda(tmp_path, monkeypatch):
 
 
 # -- the init and the hooks ---------------------------------------------------------------------------
-class Adapter:
-    """What the method reads of the model: each target layer's base linear and the scale s."""
-
-    def __init__(self, weights: dict[str, torch.Tensor]):
-        self.layers = {n: nn.Linear(W.shape[1], W.shape[0], bias=False) for n, W in weights.items()}
-        with torch.no_grad():
-            for n, W in weights.items():
-                self.layers[n].weight.copy_(W)
-        self.scaling = S
-
-    def base_layers(self):
-        return self.layers
-
-
 class Data:
-    """Task data with a model (the base weights) and fixed earlier-task covariances."""
+    """Task data with the base weights, the scale and fixed earlier-task covariances."""
+
+    scaling = S
 
     def __init__(self, i: int, weights: dict[str, torch.Tensor]):
-        self.i, self.adapter = i, Adapter(weights)
+        self.i, self.weights = i, weights
+
+    def base_weights(self):
+        return self.weights
 
     def layer_inputs(self, which="current", max_examples=None, adapter=True, layers=None):
         assert which == "previous"

@@ -50,6 +50,13 @@ def test_which_examples_and_adapter_switch():
     assert second.examples("current") == tasks[1]
     assert second.examples("previous") == tasks[0]
     assert second.examples("seen") == tasks[0] + tasks[1]
+    # a cap over several tasks takes an equal share of each, in order
+    assert second.capped("seen", 2) == [tasks[0][0], tasks[1][0]]
+    assert second.capped("previous", 2) == tasks[0][:2]
+    assert second.capped("current", 5) == tasks[1]
+    W = second.base_weights()
+    assert set(W) == set(adapter.shapes()) and all(tuple(w.shape) == adapter.shapes()[n] for n, w in W.items())
+    assert second.scaling == 32 / 8
     # a LoRA that changes layer 0's output changes layer 1's inputs, unless the adapter is switched off
     weights = {n: (torch.randn(8, i), torch.randn(o, 8)) for n, (o, i) in adapter.shapes().items()}
     adapter.model.train()

@@ -44,9 +44,28 @@ class TaskData:
             raise ValueError(f"task {t} is not among the tasks seen so far (1..{self.i})")
         return self.train_data[t - 1]
 
+    def capped(self, which: str = "current", max_examples: int | None = None) -> list[Encoded]:
+        """At most ``max_examples`` (default: the run's cap) of ``examples(which)``, in order; over several
+        tasks an equal share of each (the first of each task), so no task's statistics crowd out the others."""
+        cap = max_examples or self.max_examples
+        if which == "current":
+            return self.examples(which)[:cap]
+        tasks = range(self.i) if which == "seen" else range(self.i - 1)
+        share = max(1, cap // max(1, len(tasks)))
+        return [x for t in tasks for x in self.train_data[t][:share]]
+
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        """Each target layer's frozen base weight W0 (out, in), as the model holds it (no copy)."""
+        return {name: m.weight.detach() for name, m in self.adapter.base_layers().items()}
+
+    @property
+    def scaling(self) -> float:
+        """s = alpha / r: a LoRA (A, B) adds s * B @ A to its layer."""
+        return float(self.adapter.scaling)
+
     def batches(self, which: str = "current", max_examples: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
-        """(ids, mask, labels) batches of the first ``max_examples`` examples (default: the run's cap)."""
-        items = self.examples(which)[: max_examples or self.max_examples]
+        """(ids, mask, labels) batches of ``capped(which, max_examples)``."""
+        items = self.capped(which, max_examples)
         for k in range(0, len(items), self.batch_size):
             yield tuple(t.to(self.device) for t in training_batch(items[k : k + self.batch_size], self.pad_id))
 

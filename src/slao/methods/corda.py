@@ -102,15 +102,6 @@ def cancelling_pair(A0: torch.Tensor, B0: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.cat([A0, A0], 0), torch.cat([-B0, B0], 1)
 
 
-def model_weights(data) -> tuple[dict[str, torch.Tensor], float] | None:
-    """Each target layer's frozen base weight and the adapter's scale s, from the model behind ``data``;
-    None for a data object without a model (the unit tests' stand-in)."""
-    adapter = getattr(data, "adapter", None)
-    if adapter is None:
-        return None
-    return {n: m.weight.detach() for n, m in adapter.base_layers().items()}, float(adapter.scaling)
-
-
 @dataclass
 class CordaOptions:
     weight: str = option("current", "the weight decomposed before each task: current (W0 + the deployed LoRA, "
@@ -138,22 +129,18 @@ class CordaMethod(Method):
             self.context = {"covariance_bytes": 0, "covariance_tokens": 0}
             return default
         data = needs_data(data, self.name)
-        model = model_weights(data)
-        if model is None:  # no model to decompose: the default init, in the same layout
-            pairs = default
-        else:
-            weights, scale = model
-            covs, tokens = data.layer_inputs("previous")
-            self.context = {"covariance_bytes": sum(C.numel() * C.element_size() for C in covs.values()),
-                            "covariance_tokens": tokens}
-            pairs = {}
-            for name, (A, B) in default.items():
-                W = weights[name].to("cpu", torch.float64)
-                if self.weight == "current":
-                    A_s, B_s = self.stack[name]
-                    W = W + scale * (B_s.to(torch.float64) @ A_s.to(torch.float64))
-                A0, B0 = kpm_lora(W, covs[name], A.shape[0], scale)
-                pairs[name] = (A0.to(A.dtype), B0.to(B.dtype))
+        weights, scale = data.base_weights(), data.scaling
+        covs, tokens = data.layer_inputs("previous")
+        self.context = {"covariance_bytes": sum(C.numel() * C.element_size() for C in covs.values()),
+                        "covariance_tokens": tokens}
+        pairs = {}
+        for name, (A, B) in default.items():
+            W = weights[name].to("cpu", torch.float64)
+            if self.weight == "current":
+                A_s, B_s = self.stack[name]
+                W = W + scale * (B_s.to(torch.float64) @ A_s.to(torch.float64))
+            A0, B0 = kpm_lora(W, covs[name], A.shape[0], scale)
+            pairs[name] = (A0.to(A.dtype), B0.to(B.dtype))
         return stack_loras(self.stack, {name: cancelling_pair(A0, B0) for name, (A0, B0) in pairs.items()})
 
     def frozen_rank(self, i: int) -> int:
