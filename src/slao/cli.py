@@ -1,4 +1,4 @@
-"""The ``slao`` command: run, demo, compare, report, eval, list, config.
+"""The ``slao`` command: run, demo, compare, report, eval, export, list, config.
 
 Errors a user can fix print one clear line, no traceback."""
 
@@ -123,6 +123,13 @@ def cmd_eval(args) -> int:
     result = evaluate_adapter(cfg, args.adapter, args.output)
     if _is_main_process():
         print(f"average over {len(result['scores'])} tasks: {result['average']:.1f}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from slao.deploy import merge_into_base
+
+    merge_into_base(args.run, args.merge_into_base, force=args.force, dtype=args.dtype)
     return 0
 
 
@@ -276,6 +283,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="a PEFT LoRA folder (adapter_config.json + safetensors)")
     p.add_argument("--output", help="write the scores to this JSON file")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="fold a run's final LoRA into its base model: a plain transformers model")
+    p.add_argument("run", metavar="RUN", help="a finished run folder (its adapter/ and config.yaml are read)")
+    p.add_argument("--merge-into-base", metavar="OUT", required=True,
+                   help="write the base model with the LoRA folded into its weights here (safetensors, config, "
+                        "tokenizer): AutoModelForCausalLM.from_pretrained(OUT) loads it without PEFT")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the fold and of the saved weights (default: the run's model_dtype)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists and is not empty")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("list", help="list methods, benchmarks and tasks")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("config", help="list every setting with its default and meaning")
