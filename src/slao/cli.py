@@ -1,4 +1,6 @@
-"""The ``slao`` command: run, demo, list, config. Errors a user can fix print one clear line, no traceback."""
+"""The ``slao`` command: run, demo, compare, report, eval, export, list, config.
+
+Errors a user can fix print one clear line, no traceback."""
 
 from __future__ import annotations
 
@@ -125,18 +127,58 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from slao.deploy import merge_into_base
+
+    merge_into_base(args.run, args.merge_into_base, force=args.force, dtype=args.dtype)
+    return 0
+
+
 def cmd_compare(args) -> int:
     from slao.compare import parse_methods, parse_orders, parse_seeds, run_comparison
+    from slao.launch import CellsFailed, failure_message
     from slao.tables import comparison_table
 
     methods = parse_methods(args.methods)  # every name checked before anything runs
     cfg = build_from_args(args)
     seeds = parse_seeds(args.seeds, default=cfg.seed)
     orders = parse_orders(args.orders, cfg.benchmark)
-    comp = run_comparison(cfg, methods, seeds, Path(args.output), orders=orders, collect=args.collect)
+    launcher = make_launcher(args)
+    comp = run_comparison(cfg, methods, seeds, Path(args.output), orders=orders, collect=args.collect,
+                          launcher=launcher)
     print(comparison_table(comp))
     print(f"comparison folder: {args.output} (comparison.json, comparison.md); figures: slao report {args.output}")
+    if comp.get("failed"):
+        raise CellsFailed(failure_message(comp["failed"], comp["runs_total"]))
     return 0
+
+
+SLURM_FLAGS = ("slurm_time", "slurm_partition", "slurm_gpus", "slurm_cpus", "slurm_mem_gb", "slurm_setup",
+               "slurm_param", "slurm_array_parallelism")
+
+
+def make_launcher(args):
+    """The launcher that --launcher names (None: in this process, one run after another), its flags checked."""
+    from slao.launch import LocalLauncher, SlurmLauncher, visible_gpus
+
+    given = [f"--{name.replace('_', '-')}" for name in SLURM_FLAGS if getattr(args, name) not in (None, [])]
+    if args.launcher != "slurm" and given:
+        raise SlaoError(f"{given[0]} is a setting of --launcher slurm")
+    if args.launcher != "local" and args.jobs is not None:
+        raise SlaoError("--jobs is a setting of --launcher local")
+    if args.launcher == "local":
+        return LocalLauncher(jobs=args.jobs if args.jobs is not None else max(1, len(visible_gpus())))
+    if args.launcher == "slurm":
+        extra = {}
+        for pair in args.slurm_param:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise SlaoError(f"--slurm-param expects KEY=VALUE (an sbatch option), got {pair!r}")
+            extra[key.strip()] = value
+        return SlurmLauncher(time_min=args.slurm_time, partition=args.slurm_partition, gpus=args.slurm_gpus or 0,
+                             cpus=args.slurm_cpus, mem_gb=args.slurm_mem_gb, setup=list(args.slurm_setup),
+                             extra=extra, array_parallelism=args.slurm_array_parallelism)
+    return None
 
 
 def cmd_report(args) -> int:
@@ -189,6 +231,7 @@ def cmd_config(args) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     from slao import __version__
+    from slao.launch import LAUNCHERS
 
     parser = argparse.ArgumentParser(prog="slao", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"slao {__version__}")
@@ -213,6 +256,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--collect", action="store_true",
                    help="run nothing: gather the grid's finished runs (made by separate jobs into the same "
                         "folder) into comparison.json/.md and list the missing ones")
+    g = p.add_argument_group("running the grid's cells elsewhere (each a resumable slao run on its folder; "
+                             "finished cells are skipped, a failed one is reported with its log)")
+    g.add_argument("--launcher", choices=LAUNCHERS, default="sequential",
+                   help="sequential: in this process, one run after another (default); local: --jobs runs at "
+                        "once as subprocesses; slurm: one SLURM job per cell through submitit")
+    g.add_argument("--jobs", type=int, help="local: runs at once, each with cores/N threads, or its own GPU "
+                                            "(round-robin over CUDA_VISIBLE_DEVICES) (default: the GPUs, or 1)")
+    g.add_argument("--slurm-time", type=int, metavar="MINUTES",
+                   help="slurm: each job's time limit (required); a job that runs out is requeued and resumes")
+    g.add_argument("--slurm-partition", help="slurm: the partition to submit to")
+    g.add_argument("--slurm-gpus", type=int, metavar="N",
+                   help="slurm: GPUs per job (one process each: N > 1 makes each cell one DDP run)")
+    g.add_argument("--slurm-cpus", type=int, metavar="N", help="slurm: CPUs per process")
+    g.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="slurm: memory per job")
+    g.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                   help="slurm: a shell line run before the job, e.g. 'source .venv/bin/activate' (repeatable)")
+    g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="slurm: any other sbatch option, e.g. account=myproj or qos=high (repeatable)")
+    g.add_argument("--slurm-array-parallelism", type=int, metavar="N", help="slurm: most jobs running at once")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="print the tables of a run or comparison folder and draw its figures")
     p.add_argument("path", help="a run folder (slao run) or a comparison folder (slao compare)")
@@ -222,6 +284,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="a PEFT LoRA folder (adapter_config.json + safetensors)")
     p.add_argument("--output", help="write the scores to this JSON file")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="fold a run's final LoRA into its base model: a plain transformers model")
+    p.add_argument("run", metavar="RUN", help="a finished run folder (its adapter/ and config.yaml are read)")
+    p.add_argument("--merge-into-base", metavar="OUT", required=True,
+                   help="write the base model with the LoRA folded into its weights here (safetensors, config, "
+                        "tokenizer): AutoModelForCausalLM.from_pretrained(OUT) loads it without PEFT")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the fold and of the saved weights (default: the run's model_dtype)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists and is not empty")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("list", help="list methods, benchmarks and tasks")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("config", help="list every setting with its default and meaning")
@@ -271,6 +342,10 @@ def _on_sigterm():
 
 def _interrupt_hint(args) -> str:
     """Where the finished work is and the command that continues it (checkpoints are never half-written)."""
+    if args.command == "compare" and getattr(args, "launcher", None) == "slurm" and not args.collect:
+        return ("Jobs already submitted keep running (logs in OUT/launch/submitit); once they end, the same "
+                "command with --collect gathers them. Running it again without --collect would submit the "
+                "unfinished cells a second time.")
     if args.command == "compare":
         return "Finished runs and tasks are kept; run the same slao compare command again to continue."
     target = getattr(args, "resume", None) or getattr(args, "output", None)

@@ -281,15 +281,40 @@ def write_comparison(out: Path, comp: dict) -> None:
     checkpoint.write_atomic(Path(out) / "comparison.md", comparison_markdown(comp))
 
 
+def grid_cells(cfg, methods: Sequence[str], seeds: Sequence[int], out: str | Path,
+               orders: Sequence[int] | None = None) -> list:
+    """The grid's cells (launch.Cell), seeds outermost, then orders, then methods: an interrupted grid holds
+    every method for the first seeds. Each cell's config is ``cfg`` with its method, seed and order."""
+    from slao.launch import Cell
+
+    out, by_order = Path(out), bool(orders)
+    cells = []
+    for seed in seeds:
+        for order in list(orders) if orders else [cfg.order]:
+            for name in methods:
+                run_cfg = dataclasses.replace(cfg, seed=seed, order=order,
+                                              method=dataclasses.replace(cfg.method, name=name))
+                folder = run_folder(out, name, seed, order, by_order)
+                label = f"{name}, {f'order {order}, ' if by_order else ''}seed {seed}"
+                cells.append(Cell(name, seed, order, run_cfg, folder, label,
+                                  folder.relative_to(out).as_posix().replace("/", "-")))
+    return cells
+
+
 def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str | Path,
                    echo: Callable = print, runner: Callable | None = None,
-                   orders: Sequence[int] | None = None, collect: bool = False) -> dict:
+                   orders: Sequence[int] | None = None, collect: bool = False, launcher=None) -> dict:
     """Run every method for every order and seed into ``out/<method>/[order-<o>/]seed-<n>/`` under one
     config; finished runs are read back, not rerun. comparison.json/.md are rewritten after every run.
 
     With ``collect`` nothing runs: the finished runs of the grid are gathered (cells run elsewhere, by
-    separate jobs or sessions, into the same folder) and the missing ones listed."""
+    separate jobs or sessions, into the same folder) and the missing ones listed.
+
+    With a ``launcher`` (slao.launch: LocalLauncher, SlurmLauncher) the unfinished cells run outside this
+    process, each a resumable ``slao run`` on its folder; then they are gathered as ``collect`` does. A
+    cell that fails does not stop the others; the result's ``failed`` lists it, with its log."""
     from slao.harness import run_experiment
+    from slao.launch import CellsFailed, failure_message
     from slao.methods import get_method
     from slao.tasks import resolve_task_names
 
@@ -298,39 +323,43 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
         get_method(name)
     out = Path(out)
     by_order = bool(orders)
-    grid_orders = list(orders) if orders else [cfg.order]
     tasks = None if by_order else resolve_task_names(cfg)
+    cells = grid_cells(cfg, methods, seeds, out, orders)
     done: dict[str, list[dict]] = {m: [] for m in methods}
-    total, count, done_count = len(methods) * len(seeds) * len(grid_orders), 0, 0
+    total, done_count = len(cells), 0
+    failed: list[dict] = []
+    launched = launcher is not None and not collect
+    if launched:
+        todo = [c for c in cells if _finished_results(c.folder, c.cfg) is None]
+        echo(f"{total - len(todo)} of {total} runs finished earlier; {len(todo)} to run on {launcher.describe()}")
+        failed = [f.record() for f in launcher.run(todo, out, echo)]
+        collect = True
 
     def summarize_grid(tasks, finished: int) -> dict:
-        return {**config_summary(cfg, methods, seeds, tasks, orders), "runs_done": finished, "runs_total": total}
+        extra = {"failed": failed} if failed else {}
+        return {**config_summary(cfg, methods, seeds, tasks, orders), "runs_done": finished, "runs_total": total,
+                **extra}
 
-    # Seeds outermost, then orders, so an interrupted grid holds every method for the first seeds.
-    for seed in seeds:
-        for order in grid_orders:
-            for name in methods:
-                count += 1
-                run_cfg = dataclasses.replace(cfg, seed=seed, order=order,
-                                              method=dataclasses.replace(cfg.method, name=name))
-                folder = run_folder(out, name, seed, order, by_order)
-                what = f"{name}, {f'order {order}, ' if by_order else ''}seed {seed}"
-                results = _finished_results(folder, run_cfg)
-                if results is None and collect:
-                    echo(f"[{count}/{total}] {what}: not finished in {folder} (left out)")
-                    continue
-                ran = results is None
-                if ran:
-                    echo(f"[{count}/{total}] {what} -> {folder}")
-                    results = runner(run_cfg, folder)
-                else:
-                    echo(f"[{count}/{total}] {what}: finished earlier, read from {folder}")
-                done[name].append(results)
-                done_count += 1
-                tasks = tasks or (None if by_order else results["tasks"])
-                if ran and count < total:  # the tables follow each new run; runs read back wait for the end
-                    write_comparison(out, aggregate(done, summarize_grid(tasks, done_count)))
+    for count, cell in enumerate(cells, 1):
+        results = _finished_results(cell.folder, cell.cfg)
+        if results is None and collect:
+            echo(f"[{count}/{total}] {cell.label}: not finished in {cell.folder} (left out)")
+            continue
+        ran = results is None
+        if ran:
+            echo(f"[{count}/{total}] {cell.label} -> {cell.folder}")
+            results = runner(cell.cfg, cell.folder)
+        else:
+            echo(f"[{count}/{total}] {cell.label}: {'finished' if launched else 'finished earlier'}, "
+                 f"read from {cell.folder}")
+        done[cell.method].append(results)
+        done_count += 1
+        tasks = tasks or (None if by_order else results["tasks"])
+        if ran and count < total:  # the tables follow each new run; runs read back wait for the end
+            write_comparison(out, aggregate(done, summarize_grid(tasks, done_count)))
     if not done_count:
+        if failed:
+            raise CellsFailed(failure_message(failed, total))
         raise ConfigError(f"no finished run of this grid in {out}; run slao compare without --collect first")
     comp = aggregate(done, summarize_grid(tasks, done_count))
     write_comparison(out, comp)

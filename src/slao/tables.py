@@ -170,7 +170,14 @@ def _header(comp: dict) -> str:
              else f"tasks {', '.join(comp.get('tasks') or [])}")
     return (f"Model {comp.get('model')}, benchmark {comp.get('benchmark')}, {where}; train_per_task "
             f"{comp.get('train_per_task')}, test_per_task {comp.get('test_per_task')}; seeds {seeds} "
-            f"({comp.get('runs_done')} of {comp.get('runs_total')} runs finished).")
+            f"({comp.get('runs_done')} of {comp.get('runs_total')} runs finished)." + _failed_note(comp))
+
+
+def _failed_note(comp: dict) -> str:
+    failed = comp.get("failed") or []
+    if not failed:
+        return ""
+    return " Failed, left out: " + "; ".join(f"{r['cell']} (log {r['log']})" for r in failed) + "."
 
 
 def _paired_section(comp: dict, layout) -> list[str]:
