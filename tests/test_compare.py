@@ -77,7 +77,7 @@ def test_compare_writes_runs_and_aggregates(compared):
     # the same config except the method and the seed: same tasks and samples
     cfgs = [(out / m / f"seed-{s}" / "config.yaml").read_text() for m in METHODS for s in SEEDS]
     assert cfgs[0] != cfgs[1]
-    assert cfgs[0].replace("seed: 0", "seed: 1") == cfgs[1]
+    assert cfgs[0].replace("seed: 0", "seed: 1", 1) == cfgs[1]  # the run seed (first line) only
     assert cfgs[0].replace("name: slao", "name: seq-lora") == cfgs[2]
     md = (out / "comparison.md").read_text()
     for method in METHODS:
@@ -319,3 +319,33 @@ def test_a_pair_is_compared_on_the_runs_both_methods_have():
     comp = aggregate({"x": [x0, x1], "y": [y0]}, {})  # ...and y has no seed 1: it must not count
     pair = comp["paired"]["pairs"]["x vs y"]
     assert pair["units"] == [[None, 0]] and pair["aa"]["diff"] == 0.0 == pair["aa"]["lo"] == pair["aa"]["hi"]
+
+
+def test_variants_of_a_method_run_as_their_own_rows(tmp_path):
+    """--methods 'slao,slao(init=merged,schedule=0.5)': the variant runs the method with its own settings
+    changed, into a folder a shell needs no quotes for, and is a row of its own in every table."""
+    from slao.compare import folder_name, parse_methods, split_methods
+
+    text = "slao, slao(init=merged,schedule=0.5),seq-lora"
+    assert split_methods(text) == ["slao", "slao(init=merged,schedule=0.5)", "seq-lora"]
+    labels = parse_methods(text, build_config())
+    seen = {}
+
+    def runner(cfg, folder):
+        seen[folder.parent.name] = (cfg.method.name, cfg.method.slao.init, cfg.method.slao.schedule, cfg.seed)
+        return _fake_results(cfg.method.name, cfg.seed, [[80.0, None], [70.0 + len(seen), 90.0]])
+
+    comp = run_comparison(build_config(), labels, [0], tmp_path, echo=lambda *a: None, runner=runner)
+    variant = "slao+init=merged+schedule=0.5"
+    assert folder_name(labels[1]) == variant
+    assert seen == {"slao": ("slao", "last-ft", "inv-sqrt", 0), variant: ("slao", "merged", "0.5", 0),
+                    "seq-lora": ("seq-lora", "last-ft", "inv-sqrt", 0)}
+    assert list(comp["methods"]) == labels
+    assert comp["methods"][labels[1]]["aa"]["values"] == [81.0]
+    assert f"| {labels[1]} | 1 |" in (tmp_path / "comparison.md").read_text()
+    with pytest.raises(ConfigError, match=r"slao\(init=mergd\).*init"):
+        parse_methods("slao(init=mergd)", build_config())
+    with pytest.raises(ConfigError, match="has no settings to vary"):
+        parse_methods("seq-lora(x=1)", build_config())
+    with pytest.raises(ConfigError, match="unknown method"):
+        parse_methods("slaoo(init=merged)")

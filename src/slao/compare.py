@@ -17,18 +17,81 @@ BOOTSTRAP_REPLICATES = 2000
 
 
 # -- parsing and validation ----------------------------------------------------------------------
-def parse_methods(text: str) -> list[str]:
-    """'slao,seq-lora' -> ['slao', 'seq-lora'], every name checked against the registry first."""
+def split_methods(text: str) -> list[str]:
+    """'slao,slao(init=merged,schedule=inv),seq-lora' -> its entries (commas inside parentheses stay)."""
+    entries, depth, current = [], 0, ""
+    for ch in text or "":
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            entries.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    entries.append(current.strip())
+    return [e for e in entries if e]
+
+
+def method_spec(label: str) -> tuple[str, dict]:
+    """'slao(init=merged,schedule=0.5)' -> ('slao', {'init': 'merged', 'schedule': '0.5'}); 'slao' -> ('slao', {}).
+    A variant is a method with some of its own settings (``method.<name>.<key>``) changed."""
+    label = label.strip()
+    if "(" not in label:
+        return label, {}
+    name, _, rest = label.partition("(")
+    if not rest.endswith(")"):
+        raise ConfigError(f"--methods entry {label!r}: a variant is NAME(key=value,...)")
+    settings = {}
+    for pair in filter(None, (p.strip() for p in rest[:-1].split(","))):
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--methods entry {label!r}: expected key=value, got {pair!r}")
+        settings[key.strip()] = value.strip()
+    return name.strip(), settings
+
+
+def variant_config(cfg, label: str):
+    """``cfg`` running the method (or variant) ``label``; its settings checked as a config file's are."""
+    import yaml
+
+    from slao.config import build_config, to_dict
+    from slao.methods.base import section
+
+    name, settings = method_spec(label)
+    data = to_dict(cfg)
+    data["method"]["name"] = name
+    if settings:
+        key = section(name)
+        if key not in data["method"]:
+            raise ConfigError(f"--methods entry {label!r}: method {name!r} has no settings to vary")
+        data["method"][key].update({k: yaml.safe_load(v) for k, v in settings.items()})
+    try:
+        return build_config(data)
+    except ConfigError as err:
+        raise ConfigError(f"--methods entry {label!r}: {err}") from None
+
+
+def folder_name(label: str) -> str:
+    """A run folder's name for a method or variant: 'slao(init=merged,b_rule=replace)' ->
+    'slao+init=merged+b_rule=replace' (no characters a shell must quote)."""
+    name, settings = method_spec(label)
+    return "+".join([name, *(f"{k}={v}" for k, v in settings.items())])
+
+
+def parse_methods(text: str, cfg=None) -> list[str]:
+    """'slao,seq-lora,slao(init=merged)' -> its entries, every name (and, given ``cfg``, every variant's
+    settings) checked first."""
     from slao.methods import get_method
 
-    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    names = split_methods(text)
     if not names:
         raise ConfigError("slao compare needs --methods a,b,... (slao list shows the methods)")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"--methods names {', '.join(dupes)} more than once; give each method once")
-    for name in names:
-        get_method(name)  # raises ConfigError listing the valid names
+    for label in names:
+        get_method(method_spec(label)[0])  # raises ConfigError listing the valid names
+        if cfg is not None:
+            variant_config(cfg, label)
     return names
 
 
@@ -243,7 +306,7 @@ def aggregate(runs: dict[str, Sequence[dict]], summary: dict, replicates: int = 
 # -- running ----------------------------------------------------------------------------------------
 def run_folder(out: Path, method: str, seed: int, order: int | None = None, by_order: bool = False) -> Path:
     """``out/<method>/seed-<n>``, or ``out/<method>/order-<o>/seed-<n>`` in a grid over orders."""
-    base = Path(out) / method
+    base = Path(out) / folder_name(method)
     return (base / f"order-{order}" if by_order else base) / f"seed-{seed}"
 
 
@@ -292,8 +355,7 @@ def grid_cells(cfg, methods: Sequence[str], seeds: Sequence[int], out: str | Pat
     for seed in seeds:
         for order in list(orders) if orders else [cfg.order]:
             for name in methods:
-                run_cfg = dataclasses.replace(cfg, seed=seed, order=order,
-                                              method=dataclasses.replace(cfg.method, name=name))
+                run_cfg = dataclasses.replace(variant_config(cfg, name), seed=seed, order=order)
                 folder = run_folder(out, name, seed, order, by_order)
                 label = f"{name}, {f'order {order}, ' if by_order else ''}seed {seed}"
                 cells.append(Cell(name, seed, order, run_cfg, folder, label,
@@ -319,8 +381,9 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
     from slao.tasks import resolve_task_names
 
     runner = runner or run_experiment
-    for name in methods:  # all names before any run starts
-        get_method(name)
+    for name in methods:  # all names and variants before any run starts
+        get_method(method_spec(name)[0])
+        variant_config(cfg, name)
     out = Path(out)
     by_order = bool(orders)
     tasks = None if by_order else resolve_task_names(cfg)
