@@ -131,3 +131,29 @@ def test_sharded_or_self_stepping_backends_are_refused():
         check_backend(launched(DistributedType.DEEPSPEED), TrainConfig(grad_accum=2))
     for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.DEEPSPEED):
         check_backend(launched(kind), TrainConfig())  # DDP and ZeRO without accumulation run
+
+
+@pytest.mark.parametrize(("available", "named", "world", "cpu"), [
+    (False, "cuda", "2", True),   # a CUDA build of torch on a machine without a GPU: join as CPU processes
+    (False, None, "2", True),     # a CPU build
+    (True, "mps", "2", True),     # Apple GPUs: no multi-process backend, CPU processes
+    (True, "cuda", "2", False),   # real GPUs: Accelerate picks them
+    (False, "cuda", "1", False),  # one process: nothing to join
+])
+def test_several_processes_without_a_usable_accelerator_join_as_cpu(monkeypatch, available, named, world, cpu):
+    import torch
+
+    from slao import harness
+
+    def current():
+        if not available:
+            raise AssertionError("asked for the accelerator although none is available (torch 2.6 raises here)")
+        return torch.device(named)
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: available)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", current)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    made = []
+    monkeypatch.setattr(harness, "Accelerator", lambda **kw: made.append(kw))
+    harness.make_accelerator()
+    assert made == [{"cpu": cpu}]
