@@ -188,3 +188,29 @@ def test_a_killed_rank_leaves_a_run_that_resumes_to_the_same_results(runs, tmp_p
     logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
              for line in (f / "train_log.jsonl").read_text().splitlines()] for f in (runs["two"][0], out)]
     assert logs[0] == logs[1]
+
+
+@pytest.mark.parametrize(("available", "named", "world", "cpu"), [
+    (False, "cuda", "2", True),   # a CUDA build of torch on a machine without a GPU: join as CPU processes
+    (False, None, "2", True),     # a CPU build
+    (True, "mps", "2", True),     # Apple GPUs: no multi-process backend, CPU processes
+    (True, "cuda", "2", False),   # real GPUs: Accelerate picks them
+    (False, "cuda", "1", False),  # one process: nothing to join
+])
+def test_several_processes_without_a_usable_accelerator_join_as_cpu(monkeypatch, available, named, world, cpu):
+    import torch
+
+    from slao import harness
+
+    def current():
+        if not available:
+            raise AssertionError("asked for the accelerator although none is available (torch 2.6 raises here)")
+        return torch.device(named)
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: available)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", current)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    made = []
+    monkeypatch.setattr(harness, "Accelerator", lambda **kw: made.append(kw))
+    harness.make_accelerator()
+    assert made == [{"cpu": cpu}]

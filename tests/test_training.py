@@ -4,6 +4,7 @@ the order of examples in batches (plain shuffle, or grouped by length)."""
 import pytest
 import torch
 
+from slao import train
 from slao.config import TrainConfig
 from slao.encoding import IGNORE, Encoded, training_batch
 from slao.models import load_model
@@ -15,7 +16,10 @@ def test_answer_positions_point_at_the_token_before_each_answer_token():
     assert answer_positions(labels).tolist() == [[False, True, True, False], [True, False, False, False]]
 
 
-def test_answer_loss_equals_the_full_logits_cross_entropy():
+@pytest.mark.parametrize("mask_supported", [True, False], ids=["mask", "positions"])
+def test_answer_loss_equals_the_full_logits_cross_entropy(monkeypatch, mask_supported):
+    # "positions": the path for transformers releases whose logits_to_keep takes no boolean mask
+    monkeypatch.setattr(train, "_MASK_LOGITS_TO_KEEP", mask_supported and train._MASK_LOGITS_TO_KEEP)
     model, tok = load_model("tiny-random", seed=3)
     items = [Encoded([11, 12, 13, 14, 15], [21, 22, tok.eos_token_id]), Encoded([31, 32], [41, tok.eos_token_id])]
     ids, mask, labels = training_batch(items, tok.pad_token_id)

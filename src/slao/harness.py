@@ -44,7 +44,9 @@ def make_accelerator(trackers: list[str] | None = None, out: str | Path | None =
     """The run's Accelerator. Accelerate joins several CPU processes (torchrun, mpirun) into one job only
     when asked for the CPU; otherwise each process would run alone, believe it is the main one, and
     they would overwrite each other's files. ``trackers`` (Accelerate's) write under ``out``/logs."""
-    device = torch.accelerator.current_accelerator()
+    # A CUDA build of torch names cuda as its accelerator even on a machine without a GPU, and torch 2.6
+    # raises there: ask whether one is available first.
+    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if trackers:
         check_trackers(trackers)

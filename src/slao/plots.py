@@ -2,7 +2,8 @@
 
 Every figure function takes plain results dicts (as in results.json) grouped by method, so it is tested
 without a model. Figures are drawn on matplotlib's object API with the Agg canvas: no pyplot, no global
-backend, nothing shown on screen.
+backend, nothing shown on screen. matplotlib is the optional extra ``slao[plots]``: it is imported when a
+figure is drawn, and its absence is a one-line error that names the extra.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from slao.errors import import_extra
 from slao.metrics import seen_average
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 120
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h"]
@@ -29,7 +32,16 @@ def short_name(name: str, width: int = 16) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
+def require_matplotlib() -> None:
+    """A MissingExtraError naming ``slao[plots]`` when matplotlib is not installed."""
+    import_extra("matplotlib", "plots", "figures")
+
+
 def _figure(width: float, height: float) -> Figure:
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -79,6 +91,8 @@ def accuracy_heatmap(R: Sequence[Sequence[float | None]], tasks: Sequence[str], 
     data = np.ma.masked_invalid(np.array(cells, dtype=float))
     fig = _figure(max(5.5, 2.8 + 0.8 * T), max(3.0, 2.2 + 0.55 * len(rows)))
     ax = fig.add_subplot()
+    from matplotlib import colormaps
+
     cmap = colormaps["viridis"].with_extremes(bad="#dddddd")
     im = ax.imshow(data, cmap=cmap, vmin=0, vmax=100, aspect="auto")
     size = 9 if T <= 6 else 7.5 if T <= 10 else 6.5

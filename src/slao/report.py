@@ -33,8 +33,9 @@ def report_path(path: str | Path, echo=print) -> list[Path]:
 
     from slao.compare import load_comparison, write_comparison
     from slao.errors import DataError, SlaoError
-    from slao.plots import write_figures
+    from slao.plots import require_matplotlib, write_figures
 
+    require_matplotlib()  # before anything is printed or rewritten
     path = Path(path)
     if not path.is_dir():
         raise SlaoError(f"{path} is not a folder; give the --output folder of slao run or slao compare")

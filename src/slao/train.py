@@ -26,6 +26,18 @@ from slao.lora import LoraAdapter
 from slao.methods.base import Method
 
 
+def _mask_logits_to_keep() -> bool:
+    """Whether this transformers takes a (batch, length) boolean mask as ``logits_to_keep`` (5.21 on)."""
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_MASK_LOGITS_TO_KEEP = _mask_logits_to_keep()
+
+
 class TrainingDiverged(SlaoError):
     """The loss became NaN or infinite."""
 
@@ -88,7 +100,11 @@ def _answer_nll(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tens
     projection (``logits_to_keep``): a prompt of ~90 tokens has 2-4 answer tokens, and the projection
     onto 49k tokens is a fifth of SmolLM2's forward FLOPs."""
     keep = answer_positions(labels)
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # (answer tokens, V)
+    if _MASK_LOGITS_TO_KEEP:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # (answer tokens, V)
+    else:  # older transformers take only positions shared by the batch: their union, then each row's own
+        cols = keep.any(0).nonzero().squeeze(1)
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=cols).logits[keep[:, cols]]
     logits = logits.reshape(-1, logits.size(-1)).float()
     return torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]], reduction="sum")
 

@@ -19,6 +19,9 @@ maps each task name to the same keys without the ``hf_`` prefix, for example::
 Relative local paths are taken from ``--data-dir`` when it is given. The prompt follows the O-LoRA frame:
 ``"Dataset:<task>\\n" + instruction + "Option: a, b \\n" + text + "\\nAnswer:"``, the option line only for
 option tasks (a ClassLabel column, or answers that pass superni.infer_options' rule).
+
+``datasets`` is the optional extra ``slao[hf]``: imported when a task is loaded, and its absence is a
+one-line error that names the extra.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 from slao.data.sampling import carve_split
 from slao.data.superni import infer_options, pick_metric
 from slao.data.task import Example, Task, carve_key
-from slao.errors import ConfigError, DataError
+from slao.errors import ConfigError, DataError, import_extra
 
 SUFFIX = "\nAnswer:"
 
@@ -121,7 +124,7 @@ def load_hf_task(
     """One task read with ``datasets.load_dataset``; a missing test split is carved from train when
     ``carve_test`` is set (recorded in ``info["test_carved_from_train"]``), else an error; likewise a
     missing train split is carved from test (``info["train_carved_from_test"]``)."""
-    import datasets
+    datasets = import_extra("datasets", "hf", "the hf benchmark")
 
     path = _local(spec.path, base)
     data_files = None
@@ -180,7 +183,7 @@ def _split_hint(spec: HfSpec, split: str) -> str:
 
 def _label_names(split, column: str) -> list[str] | None:
     """The names of a ClassLabel column (integers in the data stand for them), else None."""
-    import datasets
+    datasets = import_extra("datasets", "hf", "the hf benchmark")
 
     feature = split.features.get(column)
     return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
