@@ -5,6 +5,7 @@ finished; the launch flags are checked, and the SLURM flags become submitit's SL
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -20,6 +21,8 @@ TASKS = "alpha,beta,gamma"
 METHODS = ["slao", "seq-lora"]
 SEEDS = [0, 1]
 CELLS = [f"{m}/seed-{s}" for s in SEEDS for m in METHODS]
+# submitit is imported by slao.launch only (never here: its import-time logging set-up must be avoided)
+NEEDS_SUBMITIT = pytest.mark.skipif(importlib.util.find_spec("submitit") is None, reason="submitit not installed")
 FAST = ["--set", "eval.max_new_tokens=2", "--set", "train.lr=5e-3", "--set", "train.batch_size=4",
         "--set", "data.train_per_task=8", "--set", "data.test_per_task=4"]
 
@@ -90,8 +93,8 @@ def test_local_jobs_with_a_failed_cell_then_resumed_equal_sequential(sequential,
     assert _view(out) == _view(root / "sequential")
 
 
+@NEEDS_SUBMITIT
 def test_submitit_local_executor_equals_sequential(sequential, capsys):
-    pytest.importorskip("submitit")
     root, data = sequential
     out = root / "submitit"
     args = make_parser().parse_args(_args(data, out))
@@ -116,8 +119,8 @@ def test_launch_flags_are_checked(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+@NEEDS_SUBMITIT
 def test_slurm_flags_become_submitit_slurm_parameters(tmp_path, monkeypatch):
-    pytest.importorskip("submitit")
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit's SLURM executor only checks that srun exists
@@ -150,3 +153,44 @@ def test_each_local_job_gets_its_threads_or_its_gpu(monkeypatch):
     import slao
 
     assert envs[0]["PYTHONPATH"].split(":")[0] == str(__import__("pathlib").Path(slao.__file__).parent.parent)
+
+
+@NEEDS_SUBMITIT
+def test_importing_submitit_leaves_the_processs_logging_handlers_open():
+    import subprocess
+    import sys
+
+    code = """
+import logging, os
+closed = []
+class Spy(logging.Handler):
+    def close(self):
+        closed.append(True)
+        super().close()
+logging.getLogger("someone").addHandler(Spy())
+from slao.launch import import_submitit
+import_submitit()
+print(closed == [], "SUBMITIT_LOG_LEVEL" not in os.environ, logging.getLogger("submitit").handlers == [])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"]
+
+
+@NEEDS_SUBMITIT
+def test_a_refused_submission_is_one_clear_error(tmp_path, monkeypatch):
+    from slao.config import build_config
+    from slao.errors import SlaoError
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n")
+    for tool in ("srun", "sbatch"):
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{__import__('os').environ['PATH']}")
+    launcher = SlurmLauncher(time_min=5, partition="nope")
+    with pytest.raises(SlaoError, match="submitting 1 jobs failed: .*invalid partition specified: nope"):
+        run_comparison(build_config({"benchmark": "packaged"}), ["slao"], [0], tmp_path / "grid",
+                       echo=lambda *a: None, launcher=launcher)
+    assert not (tmp_path / "grid" / "slao" / "seed-0").exists()  # nothing ran

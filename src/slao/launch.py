@@ -157,7 +157,10 @@ class LocalLauncher:
             with self._lock:
                 slot = free.pop(0)
             try:
-                return self._run_cell(cell, out, child_env(slot, threads, gpus), say)
+                gpu = gpus[slot % len(gpus)] if gpus else None
+                return self._run_cell(cell, out, child_env(slot, threads, gpus), say, gpu)
+            except Exception as err:  # the cell could not be started: report it, keep the others going
+                return CellFailure(cell.label, cell.folder, None, f"could not start: {err!r}")
             finally:
                 with self._lock:
                     free.append(slot)
@@ -170,14 +173,14 @@ class LocalLauncher:
                 failure = future.result()
                 if failure is not None:
                     failures.append(failure)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C: no run is left behind
             self._stop_all()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
         return failures
 
-    def _run_cell(self, cell: Cell, out: Path, env: dict, say: Callable) -> CellFailure | None:
+    def _run_cell(self, cell: Cell, out: Path, env: dict, say: Callable, gpu: str | None) -> CellFailure | None:
         argv = [self.python, "-m", "slao", *run_argv(cell, out)]
         log = Path(out) / LAUNCH_DIR / f"{cell.key}.log"
         start = time.perf_counter()
@@ -189,8 +192,7 @@ class LocalLauncher:
                     return CellFailure(cell.label, cell.folder, log, "not started: interrupted")
                 proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
                 self._procs.add(proc)
-            gpu = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
-            say(f"started {cell.label}{gpu} -> {cell.folder} (log: {log})")
+            say(f"started {cell.label}{f' on GPU {gpu}' if gpu else ''} -> {cell.folder} (log: {log})")
             status = proc.wait()
             with self._lock:
                 self._procs.discard(proc)
@@ -218,6 +220,29 @@ class LocalLauncher:
 
 
 # -- one SLURM job per cell (submitit) ----------------------------------------------------------------
+def import_submitit():
+    """submitit, imported without its logging set-up: when first imported it calls logging's dictConfig,
+    which closes every logging handler already open in the process (a library's handler may hold this
+    process's stderr). Its own documented switch, SUBMITIT_LOG_LEVEL=NOCONFIG, is set for the import only,
+    so the jobs, started later, keep submitit's logging."""
+    import importlib
+
+    if "submitit" in sys.modules:
+        return sys.modules["submitit"]
+    previous = os.environ.get("SUBMITIT_LOG_LEVEL")
+    os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
+    try:
+        return importlib.import_module("submitit")
+    except ImportError:
+        raise ConfigError("--launcher slurm needs the submitit package: pip install 'slao[slurm]' "
+                          "(or pip install submitit)") from None
+    finally:
+        if previous is None:
+            os.environ.pop("SUBMITIT_LOG_LEVEL", None)
+        else:
+            os.environ["SUBMITIT_LOG_LEVEL"] = previous
+
+
 class CellJob:
     """What one submitit job runs: ``slao run`` on its cell, in the job's own process. On a timeout or a
     preemption submitit calls ``checkpoint``, which requeues the same call: the run resumes after its last
@@ -238,18 +263,14 @@ class CellJob:
         return argv[-1]
 
     def checkpoint(self, argv: list[str]):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self, argv)
+        return import_submitit().helpers.DelayedSubmission(self, argv)
 
 
 def _distributed_env() -> None:
     """A job of several tasks (one per GPU) is one DDP run: export RANK, WORLD_SIZE, MASTER_ADDR... for
     Accelerate, as torchrun would."""
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:
-        import submitit
-
-        submitit.helpers.TorchDistributedEnvironment().export()
+        import_submitit().helpers.TorchDistributedEnvironment().export()
 
 
 @dataclass
@@ -291,11 +312,7 @@ class SlurmLauncher:
         return {k: v for k, v in params.items() if v is not None}
 
     def executor(self, folder: Path):
-        try:
-            import submitit
-        except ImportError:
-            raise ConfigError("--launcher slurm needs the submitit package: pip install 'slao[slurm]' "
-                              "(or pip install submitit)") from None
+        submitit = import_submitit()
         try:
             executor = submitit.AutoExecutor(folder=str(folder), cluster=self.cluster)
         except RuntimeError as err:  # no srun/sbatch here
@@ -306,12 +323,16 @@ class SlurmLauncher:
     def run(self, cells: Sequence[Cell], out: Path, echo: Callable = print) -> list[CellFailure]:
         if not cells:
             return []
-        import submitit
-
+        submitit = import_submitit()
         executor = self.executor(Path(out) / LAUNCH_DIR / "submitit" / "%j")
         argvs = [run_argv(cell, out) for cell in cells]
-        with executor.batch():
-            jobs = [executor.submit(CellJob(), argv) for argv in argvs]
+        try:
+            with executor.batch():
+                jobs = [executor.submit(CellJob(), argv) for argv in argvs]
+        except Exception as err:  # sbatch refused the array: a bad partition, account or time limit
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            raise SlaoError(f"submitting {len(argvs)} jobs failed: {lines[-1] if lines else type(err).__name__} "
+                            f"(the submission script is in {Path(out) / LAUNCH_DIR / 'submitit'})") from None
         by_id = {}
         for cell, job in zip(cells, jobs, strict=True):
             by_id[job.job_id] = cell
