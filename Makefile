@@ -29,11 +29,11 @@ demo: $(STAMP)
 	$(BIN)/slao demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff check src tests tools examples
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff check src tests tools examples
 
 $(BIN)/uv: $(BIN)/python
 	$(BIN)/pip install -q uv==$(UV_VERSION)

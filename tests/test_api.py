@@ -184,3 +184,25 @@ def test_seq_lora_through_the_api():
     assert all(torch.equal(lora(model)[k], first[k]) for k in first)  # starts from the last LoRA, unmerged
 
 
+
+
+@pytest.mark.parametrize("method", ["opcm", "lora-lego"])
+def test_merging_methods_through_the_api_give_their_own_merge(method):
+    """Fresh-init merging methods fit the API: after each task the model holds exactly what the method's
+    own after_task makes of the fine-tuned LoRAs (replayed here on a second instance of the method)."""
+    from slao.methods import get_method
+
+    model, tok = peft_model()
+    cl = ContinualLoRA(model, method, seed=0)
+    cls = get_method(method)
+    replay = cls(cls.Options(), cl.adapter.shapes(), cl.adapter.rank)
+    for t in range(1, 4):
+        cl.begin_task()
+        plain_task(model, tok, seed=t)
+        trained = cl.adapter.get()
+        cl.end_task()
+        expected = replay.after_task(t, trained)
+        held = cl.adapter.get()
+        assert all(torch.allclose(held[n][0], expected[n][0]) and torch.allclose(held[n][1], expected[n][1])
+                   for n in expected)
+    assert any(not torch.equal(held[n][1], trained[n][1]) for n in held)  # a merge, not the last LoRA

@@ -28,7 +28,8 @@ from slao.methods import get_method
 
 # Methods whose hooks need nothing but the LoRA itself at the adapter's rank: no extra loss in the user's
 # loss, no frozen rank slices, no stacked or full-rank adapter, no task data, no per-task adapters.
-API_METHODS = ("slao", "seq-lora")
+# (OPCM only in its default space=factors: space=dense deploys a full-rank LoRA and is refused at end_task.)
+API_METHODS = ("slao", "seq-lora", "opcm", "lora-lego")
 
 
 class ContinualLoRA:
