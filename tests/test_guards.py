@@ -30,7 +30,8 @@ def _state():
 
 
 def _save(run, k=1, meta=META):
-    return checkpoint.save(run, k, {"accuracy": [[50.0]]}, _state(), {"deploy/l/A": torch.ones(2, 3)}, meta)
+    deploy = {"deploy/l/A": torch.ones(2, 3), "deploy/l/B": torch.ones(4, 2)}
+    return checkpoint.save(run, k, {"accuracy": [[50.0]]}, _state(), deploy, meta)
 
 
 def test_checkpoint_round_trip_keeps_rng_apart_from_the_method_state(tmp_path):
@@ -144,6 +145,184 @@ def test_adapter_that_does_not_fit_the_model_is_refused(adapter_dir):
     folder, _, shapes = adapter_dir
     with pytest.raises(AdapterError, match="does not fit the model"):
         load_adapter_weights(folder, BASE, {**shapes, "model.layers.9.self_attn.q_proj": (64, 64)})
+
+
+def _edit_config(folder, **fields):
+    config = json.loads((folder / "adapter_config.json").read_text())
+    for key, value in fields.items():
+        if value is _DROP:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+def _edit_tensors(folder, change):
+    """Rewrite adapter_model.safetensors with ``change(tensors)`` applied."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+
+
+_DROP = object()
+Q_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+Q_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"r": -5}, r"field 'r' \(the LoRA rank\) must be a positive integer, got -5"),
+    ({"r": 0}, "field 'r'.*got 0"),
+    ({"r": "8"}, "field 'r'.*got '8'"),
+    ({"r": True}, "field 'r'.*got True"),
+    ({"r": _DROP}, "field 'r'.*got None"),
+    ({"r": 4}, r"rank 8 in the weights, but field 'r' of adapter_config.json says 4"),
+    ({"lora_alpha": 0}, "field 'lora_alpha' must be a finite number > 0, got 0"),
+    ({"lora_alpha": -32}, "field 'lora_alpha'.*got -32"),
+    ({"lora_alpha": float("nan")}, "field 'lora_alpha'.*got nan"),
+    ({"lora_alpha": float("inf")}, "field 'lora_alpha'.*got inf"),
+    ({"lora_alpha": "32"}, "field 'lora_alpha'.*got '32'"),
+    ({"lora_alpha": _DROP}, "field 'lora_alpha'.*got None"),
+    ({"target_modules": ["k_proj"]}, r"layer 'model.layers.0.self_attn.q_proj': not matched by field 'target_modules'"),
+    ({"target_modules": ".*k_proj"}, "not matched by field 'target_modules'"),
+    ({"target_modules": "(q_proj"}, "field 'target_modules' is not a valid pattern"),
+    ({"target_modules": 5}, "field 'target_modules' must be a list of module names or a pattern, got 5"),
+    ({"target_modules": []}, "field 'target_modules' must be a list"),
+    ({"target_modules": ["q_proj", 3]}, "field 'target_modules' must be a list"),
+    ({"use_dora": True}, "field 'use_dora' is True: DoRA is not read"),
+    ({"use_rslora": True}, "field 'use_rslora' is True"),
+    ({"rank_pattern": {"q_proj": 4}}, "field 'rank_pattern'.*per-layer ranks"),
+    ({"alpha_pattern": {"q_proj": 4}}, "field 'alpha_pattern'"),
+    ({"peft_type": "IA3"}, "field 'peft_type' must be LORA"),
+])
+def test_adapter_config_is_checked_field_by_field(adapter_dir, tmp_path, fields, problem):
+    folder = _copy(adapter_dir, tmp_path)
+    _edit_config(folder, **fields)
+    with pytest.raises(AdapterError, match=problem) as err:
+        load_adapter_weights(folder, BASE, adapter_dir[2])
+    message = str(err.value)
+    assert "\n" not in message and err.value.exit_status == 2
+    assert str(folder) in message  # the file, or the folder for a foreign base model
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["self_attn.q_proj", "v_proj", "k_proj"],
+                                     r"model\.layers\.\d+\.self_attn\.(q|v)_proj", "all-linear"])
+def test_adapter_target_modules_in_every_peft_form_are_read(adapter_dir, tmp_path, targets):
+    folder = _copy(adapter_dir, tmp_path)
+    _edit_config(folder, target_modules=targets)
+    _, loaded = load_adapter_weights(folder, BASE, adapter_dir[2])
+    assert set(loaded) == set(adapter_dir[1])
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda t: t.__setitem__(Q_A, t[Q_A].to(torch.int32)), f"tensor '{Q_A}': dtype I32 is not floating"),
+    (lambda t: t.__setitem__(Q_B, t[Q_B].to(torch.float64).to(torch.uint8)), "dtype U8 is not floating"),
+    (lambda t: t.__setitem__(Q_A, t[Q_A][:, :63]), "layer model.layers.0.self_attn.q_proj is \\(64, 63\\) in "
+                                                   "adapter_model.safetensors, \\(64, 64\\) in the model"),
+    (lambda t: t.__setitem__(Q_A, t[Q_A][0]), "lora_A \\[64\\] and lora_B \\[64, 8\\] must be matrices"),
+    (lambda t: t.pop(Q_B), "layer 'model.layers.0.self_attn.q_proj': lora_B is missing"),
+    (lambda t: t[Q_B].view(-1).__setitem__(5, float("nan")),
+     "layer 'model.layers.0.self_attn.q_proj': lora_B holds NaN or infinite values"),
+    (lambda t: t[Q_A].view(-1).__setitem__(0, float("-inf")), "q_proj': lora_A holds NaN or infinite values"),
+    (lambda t: t.__setitem__("base_model.model.lm_head.weight", torch.ones(2, 2)), "is not a LoRA A or B weight"),
+])
+def test_adapter_weights_are_checked_before_use(adapter_dir, tmp_path, change, problem):
+    folder = _copy(adapter_dir, tmp_path)
+    _edit_tensors(folder, change)
+    with pytest.raises(AdapterError, match=problem) as err:
+        load_adapter_weights(folder, BASE, adapter_dir[2])
+    assert "\n" not in str(err.value) and str(folder) in str(err.value)
+
+
+def test_adapter_in_bf16_is_read(adapter_dir, tmp_path):
+    folder = _copy(adapter_dir, tmp_path)
+    _edit_tensors(folder, lambda t: t.update({k: v.to(torch.bfloat16) for k, v in t.items()}))
+    _, loaded = load_adapter_weights(folder, BASE, adapter_dir[2])
+    assert all(A.dtype == torch.bfloat16 for A, _ in loaded.values())
+
+
+@pytest.mark.parametrize("length, problem", [
+    (200 * 2**20, r"header: its length field says 209715200 bytes, more than the 104857600 allowed"),
+    (2**64 - 1, "more than the 104857600 allowed"),
+    (20_000, r"header: its length field says 20000 bytes, but only \d+ follow"),
+])
+def test_adapter_header_length_is_bounded_before_anything_is_read(adapter_dir, tmp_path, monkeypatch, length, problem):
+    import slao.tensorfile
+
+    def never(*args, **kwargs):
+        raise AssertionError("tensors read before the header was checked")
+
+    monkeypatch.setattr(slao.tensorfile, "load_file", never)
+    folder = _copy(adapter_dir, tmp_path)
+    path = folder / "adapter_model.safetensors"
+    path.write_bytes(length.to_bytes(8, "little") + path.read_bytes()[8:])
+    with pytest.raises(AdapterError, match=problem) as err:
+        load_adapter_weights(folder, BASE)
+    assert str(path) in str(err.value)
+
+
+def test_slao_eval_refuses_a_negative_rank_in_one_line(adapter_dir, tmp_path, capsys):
+    folder = _copy(adapter_dir, tmp_path)
+    _edit_config(folder, r=-5)
+    code = main(["eval", "--adapter", str(folder), "--model", "tiny-random", "--tasks", "bbc-topic",
+                 "--set", "data.test_per_task=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err == (f"slao: error: {folder / 'adapter_config.json'}: field 'r' (the LoRA rank) must be a positive "
+                   "integer, got -5\n")
+
+
+# -- checkpoints from elsewhere: consistent checksums, bad content ---------------------------------------
+def _replace(folder, name, tensors=None, data=None):
+    """Write a checkpoint tensor file anew and make progress.json's checksum match it."""
+    from safetensors.torch import save_file
+
+    path = folder / name
+    if tensors is not None:
+        save_file(tensors, str(path))
+    else:
+        path.write_bytes(data)
+    body = json.loads((folder / "progress.json").read_text())
+    body["sha256"][name] = checkpoint._sha256(path)
+    (folder / "progress.json").write_text(json.dumps(body))
+    return path
+
+
+@pytest.mark.parametrize("name, tensors, problem", [
+    ("state.safetensors", {**_state(), "merged/l/B": torch.full((4, 2), float("nan"))},
+     "tensor 'merged/l/B' holds NaN or infinite values"),
+    ("state.safetensors", {**_state(), "merged/l/A": torch.ones(2, 3, dtype=torch.int64)},
+     "tensor 'merged/l/A' has dtype I64, not F16 or BF16 or F32 or F64"),
+    ("state.safetensors", {**_state(), "merged/l/A": torch.ones(5, 3)}, r"\(r=5\) has no merged/l/B of shape"),
+    ("deploy.safetensors", {"deploy/l/A": torch.ones(2, 3)}, "has no deploy/l/B"),
+    ("deploy.safetensors", {"deploy/l/A": torch.ones(2, 3), "deploy/l/B": torch.ones(4, 2, 1)}, "not a matrix"),
+    ("rng.safetensors", {"0/torch": torch.ones(16, dtype=torch.uint8)}, "RNG state '0/torch' has shape \\[16\\]"),
+    ("rng.safetensors", {"0/torch": torch.ones(5056)}, "has dtype F32, not U8"),
+])
+def test_checkpoint_tensors_are_checked_even_when_the_checksums_match(tmp_path, name, tensors, problem):
+    folder = _save(tmp_path)
+    path = _replace(folder, name, tensors)
+    with pytest.raises(CheckpointError, match=problem) as err:
+        checkpoint.load(folder, META)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_checkpoint_header_length_is_bounded(tmp_path):
+    folder = _save(tmp_path)
+    data = (folder / "state.safetensors").read_bytes()
+    path = _replace(folder, "state.safetensors", data=(2**40).to_bytes(8, "little") + data[8:])
+    with pytest.raises(CheckpointError, match=f"{path}: header: its length field says {2**40} bytes, more than"):
+        checkpoint.load(folder, META)
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_refused(tmp_path):
+    folder = _save(tmp_path)
+    assert checkpoint.load(folder, META, shapes={"l": (4, 3)}).state
+    with pytest.raises(CheckpointError, match=r"tensor 'merged/l/A' has shape \[2, 3\], which does not fit layer l "
+                                              r"\(4, 5\) of the model"):
+        checkpoint.load(folder, META, shapes={"l": (4, 5)})
 
 
 def test_only_safetensors_json_and_yaml_are_read():

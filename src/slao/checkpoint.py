@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from slao.errors import SlaoError
+from slao.tensorfile import FLOAT_DTYPES, load_tensors, non_finite, read_header, short
 
 FORMAT = 2
 TENSOR_FILES = ("state.safetensors", "deploy.safetensors", "rng.safetensors")
@@ -208,8 +208,15 @@ def check_meta(folder: Path, progress: dict, expect: dict[str, str]) -> None:
             )
 
 
-def load(folder: Path, expect: dict[str, str]) -> Loaded:
-    """Read and verify a checkpoint. ``expect`` holds the metadata it must carry (method, base model)."""
+def load(folder: Path, expect: dict[str, str], shapes: dict[str, tuple[int, int]] | None = None) -> Loaded:
+    """Read and verify a checkpoint. ``expect`` holds the metadata it must carry (method, base model).
+
+    Besides the checksums (which a checkpoint copied from elsewhere may carry for edited files), each
+    tensor file is checked before use: its safetensors header bounded and consistent, the method state
+    and the deployed LoRA floating and finite, every ``.../A`` (r, in) with its ``.../B`` (out, r), with
+    ``shapes`` (each layer's (out, in) in the model) fitting the model, and the RNG states bytes of the
+    size torch uses.
+    """
     folder = Path(folder)
     progress = read_progress(folder)
     check_meta(folder, progress, expect)
@@ -221,10 +228,50 @@ def load(folder: Path, expect: dict[str, str]) -> Loaded:
                 f"checkpoint file {path} is missing, truncated or changed (its checksum does not match "
                 f"progress.json); refusing to load it. Delete {folder.parent} to start the run over."
             )
-        try:
-            tensors.append(load_file(str(path)))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"checkpoint file {path} is not valid safetensors: {err}") from None
+        header = read_header(path, CheckpointError)
+        dtypes = ("U8",) if name == "rng.safetensors" else FLOAT_DTYPES
+        for key, entry in header.items():
+            if entry["dtype"] not in dtypes:
+                raise CheckpointError(f"checkpoint file {path}: tensor {short(key)} has dtype {entry['dtype']}, "
+                                      f"not {' or '.join(dtypes)}")
+        if name != "rng.safetensors":
+            _check_lora_shapes(path, {k: e["shape"] for k, e in header.items()}, shapes)
+        loaded = load_tensors(path, CheckpointError)
+        for key, tensor in loaded.items():
+            if non_finite(tensor):
+                raise CheckpointError(f"checkpoint file {path}: tensor {short(key)} holds NaN or infinite values")
+        tensors.append(loaded)
+    rng = folder / "rng.safetensors"
     if "0/torch" not in tensors[2]:
-        raise CheckpointError(f"checkpoint file {folder / 'rng.safetensors'} holds no torch RNG state")
+        raise CheckpointError(f"checkpoint file {rng} holds no torch RNG state")
+    size = torch.get_rng_state().numel()
+    for key, state in tensors[2].items():
+        if state.dim() != 1 or (key.endswith("/torch") and state.numel() != size):
+            raise CheckpointError(f"checkpoint file {rng}: RNG state {short(key)} has shape {list(state.shape)}, "
+                                  f"not that of a torch generator state")
     return Loaded(folder, progress, *tensors)
+
+
+def _check_lora_shapes(path: Path, shapes_in_file: dict[str, list[int]],
+                       model: dict[str, tuple[int, int]] | None) -> None:
+    """``PREFIX/LAYER/A`` (r, in) and ``PREFIX/LAYER/B`` (out, r) come in pairs of one rank, a dense
+    ``PREFIX/LAYER/BA`` is (out, in); with ``model`` (each layer's (out, in)), a known layer fits it."""
+    for key, shape in shapes_in_file.items():
+        if key.rpartition("/")[2] in ("A", "B", "BA") and len(shape) != 2:
+            raise CheckpointError(f"checkpoint file {path}: tensor {short(key)} has shape {shape}, not a matrix")
+    for key, shape in shapes_in_file.items():
+        prefix, _, part = key.rpartition("/")
+        layer = prefix.partition("/")[2]
+        where = f"checkpoint file {path}: tensor {short(key)}"
+        if part == "A":
+            other = shapes_in_file.get(prefix + "/B")
+            if other is None or len(other) != 2 or other[1] != shape[0]:
+                raise CheckpointError(f"{where} (r={shape[0]}) has no {prefix}/B of shape (out, {shape[0]})")
+        if model is not None and layer in model and part in ("A", "B", "BA"):
+            n_out, n_in = model[layer]
+            if (part == "A" and shape[1] != n_in) or (part == "B" and shape[0] != n_out) or \
+                    (part == "BA" and tuple(shape) != (n_out, n_in)):
+                raise CheckpointError(f"{where} has shape {shape}, which does not fit layer {layer} "
+                                      f"({n_out}, {n_in}) of the model")
+        if part == "B" and shapes_in_file.get(prefix + "/A") is None:
+            raise CheckpointError(f"{where} has no {prefix}/A")

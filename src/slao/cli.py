@@ -59,12 +59,21 @@ def _flag_layer(args) -> dict:
 
 def build_from_args(args, base: dict | None = None):
     from slao.config import build_config, parse_sets, read_yaml
+    from slao.errors import ConfigError
 
     layers = [base or {}]
     if args.config:
         layers.append(read_yaml(args.config))
     layers += [_flag_layer(args), parse_sets(args.set)]
-    return build_config(*layers)
+    try:
+        return build_config(*layers)
+    except ConfigError as err:
+        if args.config:  # name the file when its own settings are the bad ones
+            try:
+                build_config(*layers[:2])
+            except ConfigError:
+                raise ConfigError(f"config file {args.config}: {err}") from None
+        raise
 
 
 def _is_main_process() -> bool:

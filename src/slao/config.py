@@ -4,6 +4,7 @@ and ``--set section.key=value`` overrides. Defaults follow the paper (design.md 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import yaml
 
 from slao.errors import ConfigError
 from slao.methods.base import build_method, method_config_class
+from slao.userfiles import MAX_YAML_DEPTH, check_strings, flow_depth, read_yaml_file
 
 
 def _f(default, help: str, **kw):
@@ -133,6 +135,8 @@ def _coerce(value, tp, where: str):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, args[0], where) for v in value]
+    if tp is str and isinstance(value, dict | list):
+        raise ConfigError(f"{where}: expected a single value, got {value!r}")
     try:
         if tp is bool:
             if isinstance(value, str):
@@ -141,18 +145,25 @@ def _coerce(value, tp, where: str):
                 if value.lower() in ("false", "no", "0", "off"):
                     return False
                 raise ValueError
-            return bool(value)
+            if isinstance(value, bool) or (isinstance(value, int | float) and value in (0, 1)):
+                return bool(value)
+            raise ValueError
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
-        return tp(value)
-    except (TypeError, ValueError):
+        out = tp(value)
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}") from None
+    if tp is float and not math.isfinite(out):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    if tp is int and not -(2**63) <= out < 2**63:
+        raise ConfigError(f"{where}: expected an integer of at most 64 bits, got {value!r}")
+    return out
 
 
 def _from_dict(cls, data: dict, where: str = ""):
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k) for k in set(data) - names)
     if unknown:
         path = f"{where}." if where else ""
         raise ConfigError(
@@ -176,26 +187,31 @@ def parse_sets(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"--set expects section.key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = tree
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"--set {pair!r}: the key must be section.key, with no empty part")
+        try:
+            if flow_depth(raw) > MAX_YAML_DEPTH:
+                raise ConfigError("too deep to parse")
+            value = yaml.safe_load(raw) if raw != "" else ""
+            check_strings(value, f"--set {pair!r}", ConfigError, limit=10_000)
+        except (yaml.YAMLError, RecursionError, ValueError, ConfigError):
+            value = raw  # not a YAML value (or too large a number for Python): the text itself
+        node = tree
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: {'.'.join(parts[:i + 1])} is set to a single value by an "
+                                  "earlier --set, so it has no keys")
         node[parts[-1]] = value
     return tree
 
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    data = read_yaml_file(path, ConfigError, "config file ") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
     return data

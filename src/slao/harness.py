@@ -125,7 +125,8 @@ def rows_to_evaluate(i: int, T: int, rows: str, zero_shot: bool, multi_task: boo
     return tasks + [i] if zero_shot else tasks
 
 
-def resume_point(cfg: RunConfig, out: Path, meta: dict[str, str]) -> checkpoint.Loaded | None:
+def resume_point(cfg: RunConfig, out: Path, meta: dict[str, str],
+                 shapes: dict[str, tuple[int, int]] | None = None) -> checkpoint.Loaded | None:
     """The verified latest checkpoint of the run folder ``out``, or None when it has none.
 
     Refuses (ConfigError, listing every difference) a checkpoint made with settings that change results,
@@ -143,7 +144,7 @@ def resume_point(cfg: RunConfig, out: Path, meta: dict[str, str]) -> checkpoint.
             + f"\nUse another --output folder, run with the original settings (slao run --resume {out}), "
             f"or delete {out} to start over."
         )
-    return checkpoint.load(folder, meta)
+    return checkpoint.load(folder, meta, shapes)  # with ``shapes``, every LoRA tensor must fit the model
 
 
 class Run:
@@ -271,7 +272,7 @@ class Run:
     # -- resume and the end -------------------------------------------------------------------------
     def _restore(self) -> int:
         """Load the latest checkpoint if any (method state, LoRA, scores, RNG); return the tasks done."""
-        loaded = resume_point(self.cfg, self.out, self.books.meta)
+        loaded = resume_point(self.cfg, self.out, self.books.meta, self.adapter.shapes())
         if loaded is None:
             return 0
         done = self.books.restore(loaded)

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from slao.config import LoraSettings
 from slao.errors import SlaoError
 from slao.methods.lora_ops import LoraWeights
+from slao.tensorfile import FLOAT_DTYPES, load_tensors, non_finite, read_header, short
+from slao.userfiles import parse_json, read_text
 
 ADAPTER = "default"
 _PREFIX = "base_model.model."
@@ -195,7 +195,8 @@ def _check_adapter_files(folder: Path) -> None:
 
 # -- reading an adapter folder from a user ------------------------------------------------------------
 class AdapterError(SlaoError):
-    """An adapter folder that cannot be used (missing or truncated files, another base model)."""
+    """An adapter folder that cannot be used (missing, truncated or inconsistent files, another base model);
+    the message names the file and the field at fault."""
 
 
 _ADAPTER_KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<ab>[AB])\.weight$")
@@ -205,9 +206,12 @@ def load_adapter_weights(folder: str | Path, expected_base: str,
                          shapes: dict[str, tuple[int, int]] | None = None) -> tuple[dict, LoraWeights]:
     """Read a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors; nothing else is read).
 
-    Refuses, with the file and the fix, a missing file, a truncated or non-safetensors weight file, a
-    non-LoRA adapter, one made for a base model other than ``expected_base``, and (with ``shapes``, each
-    layer's (out, in)) one whose layers do not fit the model. Returns (adapter config, weights).
+    Checked field by field before any weight is used: the config (a LoRA, made for ``expected_base``, a
+    positive integer rank ``r``, a finite positive ``lora_alpha``, ``target_modules`` a list of names or a
+    pattern that covers every layer of the weights, plain LoRA: no DoRA, rsLoRA or per-layer ranks); the
+    weight file's header (its size bounded, then every tensor a lora_A (r, in) / lora_B (out, r) pair of
+    a floating dtype); with ``shapes`` (each layer's (out, in) in the model) that the layers are the
+    model's; and, once read, that no weight is NaN or infinite. Returns (adapter config, weights).
     """
     folder = Path(folder)
     config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
@@ -217,38 +221,92 @@ def load_adapter_weights(folder: str | Path, expected_base: str,
         extra = " (a .bin adapter is never read: it can run code; convert it to safetensors)" \
             if (folder / "adapter_model.bin").exists() else ""
         raise AdapterError(f"adapter folder {folder} has no {weights_file.name}{extra}")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as err:
-        raise AdapterError(f"{config_file} is not valid JSON ({err})") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise AdapterError(f"{config_file} does not describe a LoRA adapter (peft_type must be LORA)")
-    base = config.get("base_model_name_or_path")
-    if base != expected_base:
-        raise AdapterError(f"adapter {folder} was trained on base model {base!r}, not on {expected_base!r}; "
-                           "refusing to load it. Give the model it was made for (--model).")
-    try:
-        tensors = load_file(str(weights_file))
-    except (SafetensorError, OSError) as err:
-        raise AdapterError(f"{weights_file} is truncated or not a safetensors file ({err})") from None
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
+    config = parse_json(read_text(config_file, AdapterError), str(config_file), error=AdapterError)
+    _check_adapter_config(config_file, config, expected_base)
+    rank = config["r"]
+    header = read_header(weights_file, AdapterError)
+    parts: dict[str, dict[str, str]] = {}
+    for key, entry in header.items():
         match = _ADAPTER_KEY.match(key)
         if match is None:
-            raise AdapterError(f"{weights_file} holds {key!r}, which is not a LoRA A or B weight")
-        parts.setdefault(match["layer"], {})[match["ab"]] = value
-    weights: LoraWeights = {}
-    for layer, ab in parts.items():
-        A, B = ab.get("A"), ab.get("B")
-        if A is None or B is None or A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
-            raise AdapterError(f"{weights_file}: layer {layer} lacks a matching lora_A (r, in) / lora_B (out, r)")
-        weights[layer] = (A, B)
-    if not weights:
+            raise AdapterError(f"{weights_file}: tensor {short(key)} is not a LoRA A or B weight")
+        if entry["dtype"] not in FLOAT_DTYPES:
+            raise AdapterError(f"{weights_file}: tensor {short(key)}: dtype {entry['dtype']} is not floating "
+                               f"({', '.join(FLOAT_DTYPES)})")
+        parts.setdefault(match["layer"], {})[match["ab"]] = key
+    if not parts:
         raise AdapterError(f"{weights_file} holds no LoRA weights")
+    for layer, ab in sorted(parts.items()):
+        where = f"{weights_file}: layer {short(layer)}"
+        if set(ab) != {"A", "B"}:
+            raise AdapterError(f"{where}: lora_{'B' if 'A' in ab else 'A'} is missing")
+        (r_a, n_in), (n_out, r_b) = _pair(where, header[ab["A"]]["shape"], header[ab["B"]]["shape"])
+        if r_a != rank or r_b != rank:
+            raise AdapterError(f"{where}: rank {r_a if r_a != rank else r_b} in the weights, but field 'r' of "
+                               f"{config_file.name} says {rank}")
+        if not _targeted(layer, config["target_modules"]):
+            raise AdapterError(f"{where}: not matched by field 'target_modules' "
+                               f"{short(config['target_modules'])} of {config_file.name}")
+        if shapes is not None and layer in shapes and (n_out, n_in) != tuple(shapes[layer]):
+            raise AdapterError(f"adapter {folder} does not fit the model: layer {layer} is ({n_out}, {n_in}) in "
+                               f"{weights_file.name}, ({shapes[layer][0]}, {shapes[layer][1]}) in the model")
     if shapes is not None:
-        wrong = sorted(set(shapes) ^ set(weights)) or [
-            n for n, (A, B) in weights.items() if (B.shape[0], A.shape[1]) != tuple(shapes[n])]
+        wrong = sorted(set(shapes) ^ set(parts))
         if wrong:
-            raise AdapterError(f"adapter {folder} does not fit the model: layers {wrong[:3]} are missing, "
-                               "extra or of another shape")
+            raise AdapterError(f"adapter {folder} does not fit the model: layers {wrong[:3]} are missing or extra")
+    tensors = load_tensors(weights_file, AdapterError)
+    weights: LoraWeights = {}
+    for layer, ab in sorted(parts.items()):
+        A, B = tensors[ab["A"]], tensors[ab["B"]]
+        for name, tensor in (("lora_A", A), ("lora_B", B)):
+            if non_finite(tensor):
+                raise AdapterError(f"{weights_file}: layer {short(layer)}: {name} holds NaN or infinite values")
+        weights[layer] = (A, B)
     return config, weights
+
+
+def _check_adapter_config(path: Path, config, expected_base: str) -> None:
+    """Every field of adapter_config.json that the weights are read by."""
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise AdapterError(f"{path} does not describe a LoRA adapter (field 'peft_type' must be LORA)")
+    base = config.get("base_model_name_or_path")
+    if base != expected_base:
+        raise AdapterError(f"adapter {path.parent} was trained on base model {short(base)}, not on "
+                           f"{expected_base!r}; refusing to load it. Give the model it was made for (--model).")
+    r = config.get("r")
+    if type(r) is not int or r < 1:
+        raise AdapterError(f"{path}: field 'r' (the LoRA rank) must be a positive integer, got {short(r)}")
+    alpha = config.get("lora_alpha")
+    if type(alpha) not in (int, float) or not math.isfinite(alpha) or alpha <= 0:
+        raise AdapterError(f"{path}: field 'lora_alpha' must be a finite number > 0, got {short(alpha)}")
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as err:
+            raise AdapterError(f"{path}: field 'target_modules' is not a valid pattern ({err})") from None
+    elif not (isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)):
+        raise AdapterError(f"{path}: field 'target_modules' must be a list of module names or a pattern, "
+                           f"got {short(targets)}")
+    for field, what in (("use_dora", "DoRA"), ("use_rslora", "rsLoRA's scale alpha / sqrt(r)")):
+        if config.get(field) not in (None, False):
+            raise AdapterError(f"{path}: field {field!r} is {short(config[field])}: {what} is not read, only "
+                               "plain LoRA (scale alpha / r)")
+    for field in ("rank_pattern", "alpha_pattern"):
+        if config.get(field) not in (None, {}):
+            raise AdapterError(f"{path}: field {field!r} is {short(config[field])}: per-layer ranks and alphas "
+                               "are not read, only one r and lora_alpha for every layer")
+
+
+def _pair(where: str, a_shape: list[int], b_shape: list[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    if len(a_shape) != 2 or len(b_shape) != 2:
+        raise AdapterError(f"{where}: lora_A {a_shape} and lora_B {b_shape} must be matrices (r, in) and (out, r)")
+    return (a_shape[0], a_shape[1]), (b_shape[0], b_shape[1])
+
+
+def _targeted(layer: str, targets: str | list[str]) -> bool:
+    """Whether PEFT's ``target_modules`` picks ``layer``: a string is a pattern the whole name must match
+    (or "all-linear"), a list names modules by their last name parts."""
+    if isinstance(targets, str):
+        return targets == "all-linear" or re.fullmatch(targets, layer) is not None
+    return any(layer == t or layer.endswith("." + t) for t in targets)

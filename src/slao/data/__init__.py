@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 from slao.data.hf import load_hf_task, make_spec, read_tasks_file
 from slao.data.jsonl import load_jsonl_task
@@ -15,8 +14,9 @@ from slao.data.olora import find_olora_dataset, list_olora_datasets, load_olora_
 from slao.data.packaged import PACKAGED_TASKS, load_packaged_task
 from slao.data.sampling import cap_examples
 from slao.data.superni import find_superni_task, list_superni_tasks, load_superni_task
-from slao.data.task import Example, Task
+from slao.data.task import Example, Task, check_names
 from slao.errors import ConfigError, DataError
+from slao.userfiles import read_json, read_text
 
 __all__ = ["BENCHMARKS", "PACKAGED_TASKS", "Example", "Task", "load_tasks"]
 
@@ -61,7 +61,8 @@ def load_tasks(
         per_task = read_tasks_file(hf_tasks) if hf_tasks else {}
         names = names or list(per_task)
         if not names:
-            raise ConfigError("the hf benchmark needs task names: --tasks a,b or a data.hf_tasks YAML file")
+            empty = f" ({hf_tasks} names none)" if hf_tasks else ""
+            raise ConfigError(f"the hf benchmark needs task names: --tasks a,b or a data.hf_tasks YAML file{empty}")
         extra = {"hf": {"metric": metric, **(hf or {})}, "per_task": per_task}
         data_dir = Path(data_dir) if data_dir is not None else None
     else:
@@ -71,17 +72,25 @@ def load_tasks(
             raise ConfigError(f"the {benchmark} benchmark needs task names; available: {available}")
         if benchmark == "superni":
             extra = {"metric": metric}
-    _check_names(names)
+    check_names(names)
     tasks = []
     for name in names:
         task = loader(name, data_dir, seed, train_n, test_n, carve_test, **extra)
         if not task.train or not task.test:
             raise DataError(
-                f"task {name!r} has {len(task.train)} train and {len(task.test)} test examples; "
+                f"task {name!r} has {len(task.train)} train and {len(task.test)} test examples ({_files(task)}); "
                 "both must be non-empty (check the files and the train_n/test_n caps)"
             )
         tasks.append(task)
     return tasks
+
+
+def _files(task: Task) -> str:
+    """The files a task was read from, for a message."""
+    files = task.info.get("files")
+    if isinstance(files, dict) and files:
+        return ", ".join(f"{split}: {path}" for split, path in files.items())
+    return f"from {task.info.get('dataset') or task.info.get('source') or 'its source'}"
 
 
 def _require_dir(benchmark: str, data_dir: str | Path | None) -> Path:
@@ -91,25 +100,6 @@ def _require_dir(benchmark: str, data_dir: str | Path | None) -> Path:
     if not path.is_dir():
         raise DataError(f"data folder not found: {path}")
     return path
-
-
-def _check_names(names: list[str]) -> None:
-    """Task names end up in paths and result keys: refuse anything that could leave the data folder."""
-    seen = set()
-    for name in names:
-        unsafe = (
-            not name
-            or "/" in name
-            or "\\" in name
-            or ".." in name
-            or PurePosixPath(name).is_absolute()
-            or PureWindowsPath(name).is_absolute()
-        )
-        if unsafe:
-            raise DataError(f"unsafe task name {name!r}: no '/', '\\', '..' or absolute paths")
-        if name in seen:
-            raise ConfigError(f"task {name!r} is listed twice")
-        seen.add(name)
 
 
 def drop_unanswerable(task: Task) -> Task:
@@ -159,7 +149,7 @@ def _load_jsonl(name, data_dir, seed, train_n, test_n, carve_test) -> Task:
         raise DataError(f"no JSONL task named {name!r} in {data_dir}; available: {available}")
     options = _read_options(folder / "options.json")
     instruction_file = folder / "instruction.txt"
-    instruction = instruction_file.read_text(encoding="utf-8").strip() if instruction_file.is_file() else ""
+    instruction = read_text(instruction_file).strip() if instruction_file.is_file() else ""
     task = load_jsonl_task(name, folder / "train.jsonl", folder / "test.jsonl", options, instruction)
     return _capped(task, seed, train_n, test_n)
 
@@ -179,10 +169,7 @@ def _load_hf(name, data_dir, seed, train_n, test_n, carve_test, *, hf, per_task)
 def _read_options(path: Path) -> list[str] | None:
     if not path.is_file():
         return None
-    try:
-        options = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: line {err.lineno}: malformed JSON ({err.msg})") from None
+    options = read_json(path)
     if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
         raise DataError(f"{path}: expected a non-empty JSON list of option strings")
     return options

@@ -27,13 +27,16 @@ one-line error that names the extra.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from slao.data.sampling import carve_split
 from slao.data.superni import infer_options, pick_metric
-from slao.data.task import Example, Task, carve_key
+from slao.data.task import Example, Task, carve_key, check_names
 from slao.errors import ConfigError, DataError, import_extra
+from slao.userfiles import oneline, read_json, read_yaml_file, short
 
 SUFFIX = "\nAnswer:"
 
@@ -65,25 +68,48 @@ def spec_from_settings(data_cfg) -> dict:
     return out
 
 
+def _is_str(v) -> bool:
+    return isinstance(v, str)
+
+
+def _is_str_map(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+def _is_columns(v) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(c, str) for c in v))
+
+
+# Each key of a task's settings: (its check, what it must be). ``config`` and ``data_files`` may be null.
+_SETTING_TYPES = {
+    "path": (_is_str, "a string"), "config": (lambda v: v is None or _is_str(v), "a string or null"),
+    "data_files": (lambda v: v is None or _is_str_map(v), "a mapping of split name -> file"),
+    "text_column": (_is_columns, "a column name or a list of them"), "label_column": (_is_str, "a column name"),
+    "train_split": (_is_str, "a split name"), "test_split": (_is_str, "a split name"),
+    "instruction": (_is_str, "a string"), "metric": (_is_str, "a string"),
+}
+
+
 def read_tasks_file(path: str | Path) -> dict[str, dict]:
     """The per-task mapping of a ``data.hf_tasks`` YAML file, checked key by key."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"data.hf_tasks: file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml_file(path, ConfigError) or {}
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"{path}: expected a mapping of task name -> settings (path, text_column, ...)")
+    data = {str(k): v for k, v in data.items()}  # a task named 1234 is the YAML integer 1234
+    check_names(list(data), f"{path}: ")
     valid = {f.name for f in dataclasses.fields(HfSpec)}
     for name, settings in data.items():
-        unknown = sorted(set(settings) - valid)
+        unknown = sorted(str(k) for k in set(settings) - valid)
         if unknown:
             raise ConfigError(f"{path}: task {name!r}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(valid))}")
-    return {str(k): v for k, v in data.items()}
+        for key, value in settings.items():
+            ok, what = _SETTING_TYPES[key]
+            if not ok(value):
+                raise ConfigError(f"{path}: task {name!r}: {key} must be {what}, got {short(value)}")
+    return data
 
 
 def make_spec(name: str, defaults: dict, per_task: dict | None) -> HfSpec:
@@ -92,6 +118,8 @@ def make_spec(name: str, defaults: dict, per_task: dict | None) -> HfSpec:
     if isinstance(merged.get("text_column"), str):
         merged["text_column"] = [c.strip() for c in merged["text_column"].split(",") if c.strip()]
     spec = HfSpec(**merged)
+    if not spec.text_column:
+        raise ConfigError(f"hf task {name!r} names no text column (data.hf_text_column or text_column)")
     if not spec.path:
         raise ConfigError(
             f"hf task {name!r} names no dataset: set data.hf_path (a hub id, a local folder, or csv/json/parquet "
@@ -127,18 +155,32 @@ def load_hf_task(
     datasets = import_extra("datasets", "hf", "the hf benchmark")
 
     path = _local(spec.path, base)
+    if not spec.data_files and path in _builders():
+        # Without data files a builder reads whatever files it finds under the current folder.
+        raise ConfigError(f"hf task {name!r}: path {path!r} is a file-format builder; give its files with "
+                          "data_files (data.hf_data_files), e.g. {train: train.csv, test: test.csv}")
     data_files = None
     if spec.data_files:
         data_files = {split: _local(f, base) for split, f in spec.data_files.items()}
         for split, f in data_files.items():
             if "://" not in f and not any(ch in f for ch in "*?[") and not Path(f).is_file():
-                raise DataError(f"hf task {name!r}: missing file for split {split!r}: {f}")
-    where = f"hf task {name!r} ({path}" + (f", {spec.config}" if spec.config else "") + ")"
+                shown = base / f if base is not None and not Path(f).is_absolute() else f
+                raise DataError(f"hf task {name!r}: missing file for split {split!r}: {shown}")
+    if path == "json" and data_files:
+        _refuse_null_records(data_files)
+    files = f": {', '.join(data_files.values())}" if data_files else ""
+    where = oneline(f"hf task {name!r} ({path}" + (f", {spec.config}" if spec.config else "") + files + ")")
+    verbosity = datasets.logging.get_verbosity()
+    # The builders log a failure (lines of their own) before raising it: the DataError below says it all.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         dataset = datasets.load_dataset(path, name=spec.config, data_files=data_files, cache_dir=cache_dir)
-    except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError, ConnectionError, OSError) as err:
+    except Exception as err:  # the builders raise whatever their parsers raise (even StopIteration)
         cause = f" ({err.__cause__})" if err.__cause__ else ""  # the builder's own error says which file
-        raise DataError(f"{where}: datasets.load_dataset failed: {err}{cause}") from None
+        message = " ".join(f"{err}{cause}".split())
+        raise DataError(f"{where}: datasets.load_dataset failed: {message[:400]}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     info: dict = {"source": "hf", "dataset": path, "config": spec.config, "files": data_files,
                   "columns": {"text": spec.text_column, "label": spec.label_column}, "splits": {}}
     wanted = {"train": spec.train_split, "test": spec.test_split}
@@ -173,6 +215,41 @@ def load_hf_task(
         prefix += "Option: " + ", ".join(options) + " \n"
     return Task(name=name, prefix=prefix, suffix=SUFFIX, options=options, train=train, test=test,
                 metric=metric, info=info)
+
+
+def _refuse_null_records(data_files: dict[str, str]) -> None:
+    """pyarrow's JSON reader, under the json builder, kills the process (a segmentation fault) on a JSON
+    Lines record that is ``null`` where a block starts, or on a JSON array whose first element is null:
+    local files holding a null record are refused first, naming the line or record."""
+    for f in data_files.values():
+        path = Path(f)
+        if not path.is_file():  # a URL or a pattern: datasets resolves it
+            continue
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head.startswith(b"["):
+            rows = read_json(path)
+            nulls = [i for i, row in enumerate(rows, start=1) if row is None] if isinstance(rows, list) else []
+            if nulls:
+                raise DataError(f"{path}: record {nulls[0]}: null is not a record (an object with the columns)")
+            continue
+        with open(path, "rb") as fh:
+            lines = ((n, line) for n, line in enumerate(fh, start=1) if line.strip())
+            first = next(lines, None)
+            try:
+                json.loads(first[1]) if first else None
+            except (ValueError, RecursionError):
+                continue  # not JSON Lines (one object over several lines): pyarrow is not asked to read lines
+            for n, line in itertools.chain([first] if first else [], lines):
+                if line.strip() == b"null":
+                    raise DataError(f"{path}: line {n}: null is not a record (an object with the columns)")
+
+
+def _builders() -> set[str]:
+    """The names of datasets' file-format builders (csv, json, parquet, text, ...)."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return set(_PACKAGED_DATASETS_MODULES)
 
 
 def _split_hint(spec: HfSpec, split: str) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from slao.data.normalize import has_answer
 from slao.data.task import Example, Task
 from slao.errors import ConfigError, DataError
+from slao.userfiles import parse_json, read_text
 
 SUFFIX = "\nAnswer:"
 METRICS = ("exact", "rougeL")
@@ -59,13 +59,9 @@ def read_jsonl_examples(path: Path, options: list[str] | None = None) -> list[Ex
     if not path.is_file():
         raise DataError(f"missing file: {path}")
     examples = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    examples.append(_parse_line(path, lineno, line, options))
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason})") from None
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+        if line.strip():
+            examples.append(_parse_line(path, lineno, line, options))
     if not examples:
         raise DataError(f"{path}: empty file: no records")
     return examples
@@ -73,10 +69,7 @@ def read_jsonl_examples(path: Path, options: list[str] | None = None) -> list[Ex
 
 def _parse_line(path: Path, lineno: int, line: str, options: list[str] | None) -> Example:
     where = f"{path}: line {lineno}"
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{where}: malformed JSON ({err.msg})") from None
+    rec = parse_json(line, where, with_line=False)
     if not isinstance(rec, dict):
         raise DataError(f"{where}: record is not a JSON object")
     for key in ("input", "output"):

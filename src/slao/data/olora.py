@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from slao.data.normalize import has_answer
 from slao.data.sampling import carve_split
 from slao.data.task import Example, Task, carve_key
 from slao.errors import ConfigError, DataError
+from slao.userfiles import read_json
 
 SUFFIX = "\nAnswer:"
 INSTRUCTION_FILE = "instruction_config.json"
@@ -103,13 +103,7 @@ def _prefix(task_type: str, dataset: str, instruction: str | None, labels: list[
 def _read_json(path: Path):
     if not path.is_file():
         raise DataError(f"missing file: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: line {err.lineno}: malformed JSON ({err.msg})") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason})") from None
+    return read_json(path)
 
 
 def _read_labels(path: Path) -> list[str]:

@@ -18,13 +18,13 @@ definition already spells out the answers a classification task allows. SAPT's c
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 from slao.data.sampling import carve_split
 from slao.data.task import Example, Task, carve_key
 from slao.errors import ConfigError, DataError
+from slao.userfiles import read_json
 
 PREFIX = "Definition: {definition}\n\nNow complete the following example -\nInput: "
 SUFFIX = "\nOutput:"
@@ -167,12 +167,7 @@ def load_superni_task(
 
 def read_labels(path: Path) -> list[str]:
     """The option list of a ``labels.json`` file: a non-empty JSON list of strings."""
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: line {err.lineno}: malformed JSON ({err.msg})") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason})") from None
+    labels = read_json(path)
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise DataError(f"{path}: expected a non-empty JSON list of label strings")
     return labels
@@ -182,13 +177,7 @@ def read_task_file(path: Path, hint: str = "") -> tuple[str, list[Example]]:
     """(definition, examples) of one Natural-Instructions task file."""
     if not path.is_file():
         raise DataError(f"missing file: {path}{hint}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: line {err.lineno}: malformed JSON ({err.msg})") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("Instances"), list):
         raise DataError(f"{path}: expected a Natural-Instructions task object with an 'Instances' list")
     definition = data.get("Definition", [])

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath, PureWindowsPath
+
+from slao.errors import ConfigError, DataError
 
 # Reading-comprehension records are labelled fields: a long passage and a short question (MultiRC
 # "paragraph: ...\nquestion: ...\ncandidate answer: ...", BoolQ "question: ...\npassage: ...", SuperNI's
@@ -71,3 +74,25 @@ class Task:
 
     def prompt(self, example: Example) -> str:
         return self.prefix + example.text + self.suffix
+
+
+def check_names(names: list[str], where: str = "") -> None:
+    """Task names end up in paths and result keys: refuse anything that could leave the data folder.
+    ``where`` (a file and ": ") starts the message when the names come from a file."""
+    seen = set()
+    for name in names:
+        unsafe = (
+            not isinstance(name, str)
+            or not name
+            or "/" in name
+            or "\\" in name
+            or ".." in name
+            or "\x00" in name
+            or PurePosixPath(name).is_absolute()
+            or PureWindowsPath(name).is_absolute()
+        )
+        if unsafe:
+            raise DataError(f"{where}unsafe task name {name!r}: no '/', '\\', '..', NUL or absolute paths")
+        if name in seen:
+            raise ConfigError(f"{where}task {name!r} is listed twice")
+        seen.add(name)
