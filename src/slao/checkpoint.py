@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from slao.errors import SlaoError
-from slao.tensorfile import FLOAT_DTYPES, load_tensors, non_finite, read_header, short
+from slao.tensorfile import FLOAT_DTYPES, INT_DTYPES, load_tensors, non_finite, read_header, short
 
 FORMAT = 2
 TENSOR_FILES = ("state.safetensors", "deploy.safetensors", "rng.safetensors")
@@ -212,10 +212,10 @@ def load(folder: Path, expect: dict[str, str], shapes: dict[str, tuple[int, int]
     """Read and verify a checkpoint. ``expect`` holds the metadata it must carry (method, base model).
 
     Besides the checksums (which a checkpoint copied from elsewhere may carry for edited files), each
-    tensor file is checked before use: its safetensors header bounded and consistent, the method state
-    and the deployed LoRA floating and finite, every ``.../A`` (r, in) with its ``.../B`` (out, r), with
-    ``shapes`` (each layer's (out, in) in the model) fitting the model, and the RNG states bytes of the
-    size torch uses.
+    tensor file is checked before use: its safetensors header bounded and consistent; LoRA factors and the
+    deployed LoRA floating (a method's other state floating or integer) and finite; every ``.../A``
+    (r, in) with its ``.../B`` (out, r), and with ``shapes`` (each layer's (out, in) in the model) fitting
+    the model; the RNG states bytes of the size torch uses.
     """
     folder = Path(folder)
     progress = read_progress(folder)
@@ -229,8 +229,11 @@ def load(folder: Path, expect: dict[str, str], shapes: dict[str, tuple[int, int]
                 f"progress.json); refusing to load it. Delete {folder.parent} to start the run over."
             )
         header = read_header(path, CheckpointError)
-        dtypes = ("U8",) if name == "rng.safetensors" else FLOAT_DTYPES
         for key, entry in header.items():
+            # LoRA factors and the deployed LoRA are floating; a method's other state may count things
+            # (a replay buffer's token ids), so integers are allowed there
+            lora = name == "deploy.safetensors" or key.rpartition("/")[2] in ("A", "B", "BA")
+            dtypes = ("U8",) if name == "rng.safetensors" else FLOAT_DTYPES if lora else FLOAT_DTYPES + INT_DTYPES
             if entry["dtype"] not in dtypes:
                 raise CheckpointError(f"checkpoint file {path}: tensor {short(key)} has dtype {entry['dtype']}, "
                                       f"not {' or '.join(dtypes)}")

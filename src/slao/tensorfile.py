@@ -24,7 +24,8 @@ from slao.userfiles import short
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 ITEM_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # what a LoRA or a method state may hold
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # what a LoRA may hold
+INT_DTYPES = ("I8", "I16", "I32", "I64", "U8", "BOOL")  # a method state may also count things
 
 
 def read_header(path: str | Path, error: type[SlaoError]) -> dict[str, dict]:
