@@ -39,7 +39,7 @@ import torch
 
 from slao.errors import ConfigError
 from slao.methods.base import Method, option, register
-from slao.methods.lora_ops import LoraWeights, clone_lora, factorize, full_rank
+from slao.methods.lora_ops import LoraWeights, clone_lora, factorize, flatten_list, full_rank, unflatten_list
 
 SV_CUTOFF = 1e-5  # KnOTS task_merger.py apply_svd: singular values kept where s > 1e-5
 
@@ -127,14 +127,10 @@ class KnotsMethod(Method):
         return {name: factorize(dense, rank) for name, dense in merged.items()}
 
     def state(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for j, lora in enumerate(self.loras):
-            out.update(self.flatten(f"task{j:04d}", lora))
-        return out
+        return flatten_list(self.loras)
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        count = len({key.split("/", 1)[0] for key in tensors})
-        self.loras = [self.unflatten(f"task{j:04d}", tensors) for j in range(count)]
+        self.loras = unflatten_list(tensors)
 
     def stats(self) -> dict:
         return {"loras_kept": len(self.loras)}

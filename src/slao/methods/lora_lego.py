@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from slao.methods.base import Method, option, register
-from slao.methods.lora_ops import LoraWeights, clone_lora
+from slao.methods.lora_ops import LoraWeights, clone_lora, flatten_list, unflatten_list
 
 MAX_ITERS = 300
 
@@ -139,14 +139,10 @@ class LoraLegoMethod(Method):
         return lego_merge(self.loras, rank, self.seed, self.rescale)
 
     def state(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for j, lora in enumerate(self.loras):
-            out.update(self.flatten(f"task{j:04d}", lora))
-        return out
+        return flatten_list(self.loras)
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        count = len({key.split("/", 1)[0] for key in tensors})
-        self.loras = [self.unflatten(f"task{j:04d}", tensors) for j in range(count)]
+        self.loras = unflatten_list(tensors)
 
     def stats(self) -> dict:
         return {"units_pooled_per_layer": sum(next(iter(lora.values()))[0].shape[0] for lora in self.loras)}

@@ -82,3 +82,17 @@ def full_rank(shapes: dict[str, tuple[int, int]], fallback: int) -> int:
 
 def tensors_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def flatten_list(loras: list[LoraWeights]) -> dict[str, torch.Tensor]:
+    """One LoRA per task, in order -> {"task0000/name/A": ..., ...} (for methods that keep every task's)."""
+    out: dict[str, torch.Tensor] = {}
+    for j, lora in enumerate(loras):
+        out.update(flatten(f"task{j:04d}", lora))
+    return out
+
+
+def unflatten_list(tensors: dict[str, torch.Tensor]) -> list[LoraWeights]:
+    """The inverse of ``flatten_list``."""
+    count = len({key.split("/", 1)[0] for key in tensors if key.startswith("task")})
+    return [unflatten(f"task{j:04d}", tensors) for j in range(count)]

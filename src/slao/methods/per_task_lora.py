@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from slao.methods.base import Method, register
-from slao.methods.lora_ops import LoraWeights, clone_lora
+from slao.methods.lora_ops import LoraWeights, clone_lora, flatten_list, unflatten_list
 
 
 def folder_name(task: str) -> str:
@@ -41,11 +41,7 @@ class PerTaskLoraMethod(Method):
         return out
 
     def state(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for j, lora in enumerate(self.loras):
-            out.update(self.flatten(f"task{j:04d}", lora))
-        return out
+        return flatten_list(self.loras)
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        count = len({key.split("/", 1)[0] for key in tensors})
-        self.loras = [self.unflatten(f"task{j:04d}", tensors) for j in range(count)]
+        self.loras = unflatten_list(tensors)
