@@ -74,6 +74,11 @@ def test_compare_writes_runs_and_aggregates(compared):
         assert entry["train_seconds"]["mean"] == pytest.approx(statistics.mean(train), abs=1e-3)
         evals = [sum(r["eval_seconds"]) for r in runs]
         assert entry["eval_seconds"]["values"] == pytest.approx(evals, abs=1e-3)
+        # the method's own work outside training, timed per task (SLAO's merge is not free, but small)
+        assert all(len(r["method_seconds"]) == len(r["tasks"]) for r in runs)
+        assert all(s is not None and 0 <= s < 60 for r in runs for s in r["method_seconds"])
+        own = [sum(r["method_seconds"]) for r in runs]
+        assert entry["method_seconds"]["values"] == pytest.approx(own, abs=1e-3)
     # the same config except the method and the seed: same tasks and samples
     cfgs = [(out / m / f"seed-{s}" / "config.yaml").read_text() for m in METHODS for s in SEEDS]
     assert cfgs[0] != cfgs[1]
@@ -83,6 +88,7 @@ def test_compare_writes_runs_and_aggregates(compared):
     for method in METHODS:
         assert f"| {method} | 2 |" in md
         assert md.split(f"| {method} | 2 |")[1].split("\n")[0].count("| data-free |") == 1
+    assert "| keeps | train s | method s | eval s |" in md
     assert "## Paired comparisons" in md and "paired bootstrap (2000 replicates)" in md
     assert "| slao − seq-lora |" in md and "- slao vs seq-lora: AA: " in md
     assert "within noise" not in md  # the unpaired margin is gone

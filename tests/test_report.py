@@ -12,7 +12,7 @@ from slao.compare import aggregate, config_summary, write_comparison
 from slao.config import build_config
 from slao.errors import DataError, SlaoError
 from slao.metrics import all_metrics
-from slao.plots import _mean_std, short_name
+from slao.plots import _cumulative_seconds, _mean_std, short_name
 from slao.report import comparison_table, mean_results, report_path, results_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -53,9 +53,9 @@ def test_report_of_a_run(tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "slao on tiny-random(seed=0)" in printed and "zero-shot" in printed
-    _check_pngs(run, ["accuracy-slao.png", "seen-average.png", "adapter-state.png"], printed)
+    _check_pngs(run, ["accuracy-slao.png", "seen-average.png", "adapter-state.png", "cost-vs-tasks.png"], printed)
     assert sorted(p.name for p in (run / "figures").iterdir()) == [
-        "accuracy-slao.png", "adapter-state.png", "seen-average.png"]
+        "accuracy-slao.png", "adapter-state.png", "cost-vs-tasks.png", "seen-average.png"]
 
 
 def test_report_of_a_comparison(tmp_path, capsys):
@@ -68,13 +68,13 @@ def test_report_of_a_comparison(tmp_path, capsys):
     summary = config_summary(build_config(), list(runs), [0, 1], TASKS)
     write_comparison(tmp_path, aggregate(runs, {**summary, "runs_done": 4, "runs_total": 4}))
     paths = report_path(tmp_path, echo=lambda *a: None)
-    assert len(paths) == 4
+    assert len(paths) == 5
     assert main(["report", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "slao" in printed and "mtl" in printed
     assert "mean over seeds 0, 1" in printed and "paired comparisons:" in printed
-    _check_pngs(tmp_path, ["accuracy-slao.png", "accuracy-mtl.png", "seen-average.png", "adapter-state.png"],
-                printed)
+    _check_pngs(tmp_path, ["accuracy-slao.png", "accuracy-mtl.png", "seen-average.png", "adapter-state.png",
+                           "cost-vs-tasks.png"], printed)
     (tmp_path / "mtl" / "seed-1" / "results.json").unlink()
     with pytest.raises(DataError, match="seed-1"):
         report_path(tmp_path, echo=lambda *a: None)
@@ -109,3 +109,13 @@ def test_plot_helpers():
     assert short_name("task1572_samsum_summary") == "task1572_samsum…" and len(short_name("x" * 40)) == 16
     mean, std = _mean_std([[1.0, None, 4.0], [3.0, None, None]])
     assert mean == [2.0, None, 4.0] and std[0] == pytest.approx(2 ** 0.5) and std[1:] == [None, None]
+
+
+def test_cumulative_seconds_add_training_and_the_methods_own_work():
+    run = {"train_seconds": [1.0, 1.5, 2.0], "method_seconds": [0.5, 0.0, 0.25]}
+    assert _cumulative_seconds(run) == [1.5, 3.0, 5.25]
+    # runs recorded before method_seconds existed: training alone
+    assert _cumulative_seconds({"train_seconds": [1.0, 1.5, 2.0]}) == [1.0, 2.5, 4.5]
+    # a joint run trains once, at the last task; a task not trained yet has no time
+    assert _cumulative_seconds({"train_seconds": [None, None, 3.0], "method_seconds": [None, None, 1.0]}) == [
+        None, None, 4.0]

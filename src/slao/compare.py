@@ -183,6 +183,9 @@ def aggregate_method(runs: Sequence[dict]) -> dict:
         values = {r[flag] if flag in r else _method_flag(r.get("method"), flag) for r in runs}
         out[flag] = values.pop() if len(values) == 1 else None
     out["train_seconds"] = summarize([_total(r.get("train_seconds")) for r in runs])
+    # the method's own work outside training (statistics, init, merge); runs older than the record: n/a
+    out["method_seconds"] = summarize([_total(r["method_seconds"]) if r.get("method_seconds") else None
+                                       for r in runs])
     out["eval_seconds"] = summarize([_total(r.get("eval_seconds")) for r in runs])
     by_order: dict = {}
     for r in runs:

@@ -190,11 +190,15 @@ class Run:
         else:
             steps = [(i, self.train_data[i - 1], self.names[i - 1], i) for i in range(start + 1, T + 1)]
         for i, examples, name, row in steps:
+            clock = time.perf_counter()  # the method's own work: its statistics, its init and its merge
             data = TaskData(self.adapter, self.acc.device, self.train_data, i, self.tok.pad_token_id,
                             self.cfg.method.stats_examples, self.cfg.method.stats_batch_size)
             self.adapter.set(self.method.init_lora(i, self._default_init(i), data))
+            method_seconds = time.perf_counter() - clock
             self._train(i, examples + self.method.extra_examples(i), name, row - 1)
+            clock = time.perf_counter()
             deploy = self.method.after_task(i, self.adapter.get(), data)
+            self.books.record_method_time(row - 1, method_seconds + time.perf_counter() - clock)
             self._finish_task(row, deploy)
         return self._finalize()
 

@@ -194,6 +194,62 @@ def state_size_figure(runs: dict[str, Sequence[dict]], title: str, path: Path) -
     return _save(fig, path)
 
 
+# -- (d) cost against the number of tasks ----------------------------------------------------------------
+def _cumulative_seconds(r: dict) -> list[float | None]:
+    """Seconds spent up to each task: training plus the method's own work (statistics, init, merge).
+    None after a task without a time; a joint (multi-task) run has its one training at the last task."""
+    train = r.get("train_seconds") or []
+    own = r.get("method_seconds") or [0.0] * len(train)
+    out, total = [], 0.0
+    for t, m in zip(train, own, strict=False):
+        if t is None:
+            out.append(None)
+            continue
+        total += t + (m or 0.0)
+        out.append(total)
+    return out
+
+
+def cost_figure(runs: dict[str, Sequence[dict]], title: str, path: Path) -> Path:
+    """Two panels against the number of tasks learned: the state each method keeps (first run; sizes do
+    not depend on the seed) and the cumulative seconds of training plus the method's own work (mean over
+    the runs of the first task order, since per-task times depend on which task it is)."""
+    tasks = _tasks(runs)
+    T = len(tasks)
+    fig = _figure(12.0, 4.6)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    sizes = {name: rs[0].get("adapter_state_bytes") or [None] * T for name, rs in runs.items() if rs}
+    biggest = max((v for seq in sizes.values() for v in seq if v is not None), default=0)
+    scale, unit = (1e6, "MB") if biggest >= 1e6 else (1e3, "KB")
+    for k, (name, results) in enumerate(runs.items()):
+        if not results:
+            continue
+        first = [r for r in results if r.get("order") == results[0].get("order")]
+        panels = [(left, [v / scale if v is not None else None for v in sizes[name]]),
+                  (right, _mean_std([_cumulative_seconds(r) for r in first])[0])]
+        for ax, seq in panels:
+            idx = [i for i, v in enumerate(seq) if v is not None]
+            xs, ys = [i + 1 for i in idx], [seq[i] for i in idx]
+            big = max(4.0, 11.0 - 1.2 * k)  # earlier methods drawn bigger: identical curves leave a rim
+            if len(idx) == 1:
+                ax.plot(xs, ys, marker="*", markersize=big + 5, linestyle="none", label=f"{name} (joint)")
+            elif idx:
+                ax.plot(xs, ys, label=name, markersize=big, linewidth=max(1.0, 3.0 - 0.3 * k), **_style(k))
+    for ax, ylabel in ((left, f"state kept between tasks ({unit})"),
+                       (right, "training + method seconds, cumulative")):
+        ax.set_xlim(0.6, T + 0.4)
+        ax.set_xticks(range(1, T + 1))
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("number of tasks learned")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    left.set_title("memory", fontsize=10)
+    right.set_title("time (on the machine that ran them)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
+    right.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
 # -- all of them ---------------------------------------------------------------------------------------
 def paired_figure(paired: dict, title: str, path: Path) -> Path | None:
     """The reference method minus each other method, per metric: the paired difference and its 95%
@@ -266,6 +322,8 @@ def write_figures(runs: dict[str, Sequence[dict]], folder: Path, context: str,
                                      folder / "seen-average.png"))
     paths.append(state_size_figure(runs, f"Adapter state kept between tasks\n{context}",
                                    folder / "adapter-state.png"))
+    paths.append(cost_figure(runs, f"Memory and time against the number of tasks\n{context}",
+                             folder / "cost-vs-tasks.png"))
     if paired:
         drawn = paired_figure(paired, f"Paired differences\n{context}", folder / "paired-differences.png")
         paths += [drawn] if drawn else []

@@ -113,7 +113,8 @@ class RunFolder:
         T = len(tasks)
         self.progress = {"accuracy": [[None] * T for _ in range(T)], "zero_shot": None,
                          "adapter_state_bytes": [None] * T, "method_stats": [None] * T,
-                         "train_seconds": [None] * T, "eval_seconds": [None] * T, "train_steps": [None] * T,
+                         "train_seconds": [None] * T, "method_seconds": [None] * T, "eval_seconds": [None] * T,
+                         "train_steps": [None] * T,
                          "train_tokens": [None] * T, "data_order": [None] * T,
                          "example_scores": [[None] * T for _ in range(T)]}
         self.predictions: dict[str, list[str]] = {}
@@ -128,6 +129,10 @@ class RunFolder:
         p["train_steps"][k] = stats["steps"]
         p["train_tokens"][k] = stats["tokens"]
         p["data_order"][k] = stats.get("data_order")
+
+    def record_method_time(self, k: int, seconds: float) -> None:
+        """Task slot k: seconds the method spent outside training (statistics, its init, its merge)."""
+        self.progress["method_seconds"][k] = round(seconds, 3)
 
     def record_row(self, k: int, row, per_example, seconds: float, state_bytes: int, method_stats: dict) -> None:
         """Row k (0-based) of the accuracy matrix and what the method kept after that task."""
@@ -180,7 +185,8 @@ class RunFolder:
             "accuracy": p["accuracy"], "zero_shot": p["zero_shot"],
             "metrics": all_metrics(p["accuracy"], p["zero_shot"]) if finished else None,
             "adapter_state_bytes": p["adapter_state_bytes"], "method_stats": p["method_stats"],
-            "train_seconds": p["train_seconds"], "eval_seconds": p["eval_seconds"],
+            "train_seconds": p["train_seconds"], "method_seconds": p["method_seconds"],
+            "eval_seconds": p["eval_seconds"],
             "train_steps": p["train_steps"], "train_tokens": p["train_tokens"],
             "eval_rows": self.cfg.eval.rows,
             # per cell of the matrix, each test example's score in [0, 1] (null where not evaluated)

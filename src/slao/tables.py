@@ -97,10 +97,12 @@ def _keeps(entry: dict) -> str:
 
 
 def method_rows(comp: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["method", "runs"] + [LABELS[k] for k in METRICS] + ["adapter state", "keeps", "train s", "eval s"]
+    head = (["method", "runs"] + [LABELS[k] for k in METRICS]
+            + ["adapter state", "keeps", "train s", "method s", "eval s"])
     rows = [[name, str(e.get("runs", len(e["seeds"])))] + [format_stat(e[k]) for k in METRICS]
             + [format_bytes(e["adapter_state_bytes"]), _keeps(e), format_stat(e["train_seconds"]),
-               format_stat(e["eval_seconds"])] for name, e in comp["methods"].items()]
+               format_stat(e.get("method_seconds") or {"mean": None}), format_stat(e["eval_seconds"])]
+            for name, e in comp["methods"].items()]
     return head, rows
 
 
@@ -204,7 +206,8 @@ def comparison_markdown(comp: dict) -> str:
     lines += markdown(*method_rows(comp))
     lines += ["", "AA, BWT, F (forgetting), FWT and LA (learning accuracy: the mean of the diagonal, each task "
                   "right after training on it) in points, mean ± sample std over runs (seeds, and orders where "
-                  "there are several); times are totals per run in seconds.", ""]
+                  "there are several); times are totals per run in seconds, \"method s\" the method's own work "
+                  "outside training (its statistics, init and merge).", ""]
     if comp.get("orders"):
         lines += ["## Order robustness", "", "Per task the spread (max − min over orders) of its final score, "
                   "mean over seeds; MOPD the largest spread, AOPD the mean.", ""]
