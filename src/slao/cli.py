@@ -197,6 +197,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_claims(args) -> int:
+    from slao.claims import write_ledger
+
+    _, text = write_ledger(args.path, args.replicates, args.mtl_margin)
+    print(text, end="")
+    print(f"(also written to {Path(args.path) / 'claims.md'} and claims.json)", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args) -> int:
     from slao.data import PACKAGED_TASKS
     from slao.methods.base import METHODS, get_method
@@ -288,6 +297,13 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print the tables of a run or comparison folder and draw its figures")
     p.add_argument("path", help="a run folder (slao run) or a comparison folder (slao compare)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("claims", help="test the SLAO paper's five claims on a comparison folder's runs (paired)")
+    p.add_argument("path", help="a slao compare output folder holding slao, its baselines and its variants")
+    p.add_argument("--replicates", type=int, default=2000, help="paired bootstrap replicates (default 2000)")
+    p.add_argument("--mtl-margin", type=float, metavar="POINTS",
+                   help="how far below multi-task training still counts as close (default: the paper's gap "
+                        "on the benchmark)")
+    p.set_defaults(func=cmd_claims)
     p = sub.add_parser("eval", help="score an exported adapter (RUN/adapter) on a benchmark's tasks")
     _run_flags(p)
     p.add_argument("--adapter", required=True, help="a PEFT LoRA folder (adapter_config.json + safetensors)")

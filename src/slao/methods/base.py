@@ -106,6 +106,8 @@ class Method:
     data_free = True
     #: True when the state kept between tasks grows with the number of tasks.
     grows = False
+    #: True for a method told at inference which task an input belongs to (a bound, not a baseline).
+    oracle = False
     #: The run's task names in training order (set by the harness; for methods that name exports).
     task_names: tuple[str, ...] = ()
 

@@ -20,6 +20,7 @@ class PerTaskLoraMethod(Method):
     """An independent LoRA per task, picked by task name at inference (an oracle; grows a LoRA a task)."""
 
     grows = True
+    oracle = True
 
     def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
         super().__init__(options, lora_shapes, rank, num_tasks)
