@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from slao.claims import label_of, ledger, read_runs
 from slao.cli import main
@@ -34,12 +35,14 @@ def _results(method: str, seed: int, quality: float, order=None, sizes=None) -> 
             "versions": {"git_commit": "abc1234def"}}
 
 
-def _write(folder, label: str, quality: float, seeds=SEEDS, sizes=None):
+def _write(folder, label: str, quality: float, seeds=SEEDS, sizes=None, lr=1e-3):
     name = label.replace("(", "+").replace(")", "").replace(",", "+")
     for s in seeds:
         path = folder / name / f"seed-{s}"
         path.mkdir(parents=True)
         (path / "results.json").write_text(json.dumps(_results(label, s, quality, sizes=sizes)))
+        config = {"seed": s, "method": {"name": label.split("(")[0]}, "train": {"lr": lr}}
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 def _baselines() -> list[str]:
@@ -63,8 +66,16 @@ def test_folder_names_map_back_to_labels(tmp_path):
     unfinished = tmp_path / "seq-lora" / "seed-0"
     unfinished.mkdir(parents=True)
     (unfinished / "results.json").write_text(json.dumps({**_results("seq-lora", 0, 0.5), "finished": False}))
+    (unfinished / "config.yaml").write_text("seed: 0\n")
     runs = read_runs(tmp_path)
     assert sorted(runs) == ["slao", "slao(init=merged)"] and len(runs["slao"]) == 3
+
+
+def test_runs_of_another_configuration_are_refused(tmp_path):
+    _write(tmp_path, "slao", 0.6)
+    _write(tmp_path, "seq-lora", 0.5, lr=3e-4)  # seed, order and method may differ; the budget may not
+    with pytest.raises(DataError, match=r"other settings than .*seq-lora.*train.lr"):
+        read_runs(tmp_path)
 
 
 def test_every_claim_supported_when_every_interval_clears_zero(tmp_path):

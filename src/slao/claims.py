@@ -35,20 +35,39 @@ def label_of(folder: str) -> str:
     return f"{name}({','.join(settings)})" if settings else name
 
 
+def _shared_settings(config: dict) -> dict:
+    """A run's settings less what may differ between the cells of one comparison: the method (and its
+    options), the seed and the task order."""
+    return {k: v for k, v in config.items() if k not in ("method", "seed", "order")}
+
+
 def read_runs(folder: str | Path) -> dict[str, list[dict]]:
-    """Every finished run under a comparison folder, by method label (variants by their label)."""
+    """Every finished run under a comparison folder, by method label (variants by their label). All must
+    share one config apart from the method, seed and order, or the pairs would compare unlike runs."""
+    import yaml
+
+    from slao.harness import config_differences
+
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; give a slao compare output folder")
     runs: dict[str, list[dict]] = {}
+    first: tuple[Path, dict] | None = None
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "figures"):
         for path in sorted([*sub.glob("seed-*/results.json"), *sub.glob("order-*/seed-*/results.json")]):
             try:
                 results = json.loads(path.read_text())
-            except (OSError, ValueError) as err:
-                raise DataError(f"{path} cannot be read ({err}); rerun its slao compare cell") from None
-            if isinstance(results, dict) and results.get("finished"):
-                runs.setdefault(label_of(sub.name), []).append(results)
+                config = yaml.safe_load((path.parent / "config.yaml").read_text()) or {}
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                raise DataError(f"{path.parent} cannot be read ({err}); rerun its slao compare cell") from None
+            if not (isinstance(results, dict) and results.get("finished")):
+                continue
+            if first is None:
+                first = (path.parent, _shared_settings(config))
+            elif diff := config_differences(first[1], _shared_settings(config)):
+                raise DataError(f"{path.parent} was run under other settings than {first[0]} ({diff[0]}); "
+                                "claims compare runs of one configuration: keep each in its own folder")
+            runs.setdefault(label_of(sub.name), []).append(results)
     if not runs:
         raise DataError(f"no finished run under {folder}; run slao compare into it first")
     return runs
