@@ -8,11 +8,12 @@ import json
 import pytest
 import yaml
 
-from slao.claims import label_of, ledger, read_runs
+from slao.claims import ledger, read_runs
 from slao.cli import main
 from slao.errors import DataError
 from slao.methods.base import METHODS
 from slao.metrics import all_metrics
+from slao.variants import label_of
 
 TASKS = ["task-a", "task-b", "task-c"]
 N = 40  # test examples a task

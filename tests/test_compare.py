@@ -330,7 +330,7 @@ def test_a_pair_is_compared_on_the_runs_both_methods_have():
 def test_variants_of_a_method_run_as_their_own_rows(tmp_path):
     """--methods 'slao,slao(init=merged,schedule=0.5)': the variant runs the method with its own settings
     changed, into a folder a shell needs no quotes for, and is a row of its own in every table."""
-    from slao.compare import folder_name, parse_methods, split_methods
+    from slao.variants import folder_name, parse_methods, split_methods
 
     text = "slao, slao(init=merged,schedule=0.5),seq-lora"
     assert split_methods(text) == ["slao", "slao(init=merged,schedule=0.5)", "seq-lora"]

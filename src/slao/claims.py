@@ -17,8 +17,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from slao.compare import BOOTSTRAP_REPLICATES, method_spec, paired_comparisons
+from slao.compare import BOOTSTRAP_REPLICATES, paired_comparisons
 from slao.errors import DataError
+from slao.variants import label_of, method_spec
 
 # The paper's average accuracy (Llama-2-7B-chat, mean over task orders; design.md §2): SLAO and the
 # multi-task upper bound, per benchmark.
@@ -27,12 +28,6 @@ PAPER_AA = {"standard": (80.4, 80.9), "long": (74.8, 78.1), "superni": (37.2, 45
 PAPER_SEQ_LORA = {"superni": 22.6}
 ASYMMETRIC_OFF = "slao(a_rule=interpolate)"  # A and B merged alike: OPCM's rule on LoRA factors (design.md §2)
 INIT_VARIANTS = ("slao(init=merged)", "slao(init=random)")
-
-
-def label_of(folder: str) -> str:
-    """A run folder's name back to its --methods label: 'slao+init=merged' -> 'slao(init=merged)'."""
-    name, *settings = folder.split("+")
-    return f"{name}({','.join(settings)})" if settings else name
 
 
 def _shared_settings(config: dict) -> dict:

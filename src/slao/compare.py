@@ -1,5 +1,6 @@
-"""Side-by-side comparison of methods over seeds: runs them under one config, aggregates their
-results (mean, std, per-seed values) and judges which differences are within noise."""
+"""Side-by-side comparison of methods over seeds (and task orders): runs them under one config,
+aggregates their results (mean, std, per-run values) and compares every pair on the same test examples
+with a paired bootstrap. Which methods and variants run is parsed by slao.variants."""
 
 from __future__ import annotations
 
@@ -12,89 +13,18 @@ from pathlib import Path
 from slao import checkpoint, stats
 from slao.errors import ConfigError, DataError
 from slao.metrics import METRICS, PAIRED, all_metrics, order_spread
+from slao.variants import (  # noqa: F401 - parse_methods and split_methods re-exported
+    folder_name,
+    method_spec,
+    parse_methods,
+    split_methods,
+    variant_config,
+)
 
 BOOTSTRAP_REPLICATES = 2000
 
 
-# -- parsing and validation ----------------------------------------------------------------------
-def split_methods(text: str) -> list[str]:
-    """'slao,slao(init=merged,schedule=inv),seq-lora' -> its entries (commas inside parentheses stay)."""
-    entries, depth, current = [], 0, ""
-    for ch in text or "":
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            entries.append(current.strip())
-            current = ""
-        else:
-            current += ch
-    entries.append(current.strip())
-    return [e for e in entries if e]
-
-
-def method_spec(label: str) -> tuple[str, dict]:
-    """'slao(init=merged,schedule=0.5)' -> ('slao', {'init': 'merged', 'schedule': '0.5'}); 'slao' -> ('slao', {}).
-    A variant is a method with some of its own settings (``method.<name>.<key>``) changed."""
-    label = label.strip()
-    if "(" not in label:
-        return label, {}
-    name, _, rest = label.partition("(")
-    if not rest.endswith(")"):
-        raise ConfigError(f"--methods entry {label!r}: a variant is NAME(key=value,...)")
-    settings = {}
-    for pair in filter(None, (p.strip() for p in rest[:-1].split(","))):
-        key, eq, value = pair.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"--methods entry {label!r}: expected key=value, got {pair!r}")
-        settings[key.strip()] = value.strip()
-    return name.strip(), settings
-
-
-def variant_config(cfg, label: str):
-    """``cfg`` running the method (or variant) ``label``; its settings checked as a config file's are."""
-    import yaml
-
-    from slao.config import build_config, to_dict
-    from slao.methods.base import section
-
-    name, settings = method_spec(label)
-    data = to_dict(cfg)
-    data["method"]["name"] = name
-    if settings:
-        key = section(name)
-        if key not in data["method"]:
-            raise ConfigError(f"--methods entry {label!r}: method {name!r} has no settings to vary")
-        data["method"][key].update({k: yaml.safe_load(v) for k, v in settings.items()})
-    try:
-        return build_config(data)
-    except ConfigError as err:
-        raise ConfigError(f"--methods entry {label!r}: {err}") from None
-
-
-def folder_name(label: str) -> str:
-    """A run folder's name for a method or variant: 'slao(init=merged,b_rule=replace)' ->
-    'slao+init=merged+b_rule=replace' (no characters a shell must quote)."""
-    name, settings = method_spec(label)
-    return "+".join([name, *(f"{k}={v}" for k, v in settings.items())])
-
-
-def parse_methods(text: str, cfg=None) -> list[str]:
-    """'slao,seq-lora,slao(init=merged)' -> its entries, every name (and, given ``cfg``, every variant's
-    settings) checked first."""
-    from slao.methods import get_method
-
-    names = split_methods(text)
-    if not names:
-        raise ConfigError("slao compare needs --methods a,b,... (slao list shows the methods)")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"--methods names {', '.join(dupes)} more than once; give each method once")
-    for label in names:
-        get_method(method_spec(label)[0])  # raises ConfigError listing the valid names
-        if cfg is not None:
-            variant_config(cfg, label)
-    return names
-
-
+# -- parsing and validation (the --methods grammar lives in slao.variants) ------------------------
 def _distinct_ints(text: str, flag: str, example: str) -> list[int]:
     """'0,1,2' -> [0, 1, 2]: one or more distinct integers, else a ConfigError naming ``flag``."""
     try:
