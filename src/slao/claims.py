@@ -90,7 +90,7 @@ def _interval(iv: dict | None) -> str:
 def _runs_note(iv: dict) -> str:
     units = iv["units"]
     orders = sorted({u[0] for u in units if u[0] is not None})
-    where = f", orders {', '.join(map(str, orders))}" if orders else ""
+    where = f", order{'s' * (len(orders) > 1)} {', '.join(map(str, orders))}" if orders else ""
     return f"{len(units)} paired runs{where}"
 
 
