@@ -256,6 +256,8 @@ def test_settings_added_since_a_run_count_as_their_defaults():
     assert config_differences(old, new) == []
     new["eval"]["rows"] = "last"
     assert config_differences(old, new) == ["eval.rows: 'all' -> 'last'"]
+    new["data_dir"] = "/elsewhere/superni"  # the same data in another place (its content is hashed)
+    assert config_differences(old, new) == ["eval.rows: 'all' -> 'last'"]
 
 
 def test_bad_method_settings_are_refused_when_the_config_is_built():

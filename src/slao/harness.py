@@ -36,8 +36,10 @@ from slao.runfolder import (  # noqa: F401 - tasks_sha256 and test_sha256 re-exp
 from slao.taskdata import TaskData
 from slao.train import train_task
 
-# Settings that cannot change a run's numbers; everything else must match to resume.
-NEUTRAL_KEYS = {"train.log_every", "log.trackers", "log.project"}
+# Settings that cannot change a run's numbers; everything else must match to resume. data_dir is where
+# the data lives, not what it is: a resumed checkpoint is checked against the data's content (its hash),
+# and a comparison's pairs against their test examples' hashes, so a moved or remounted folder is the same.
+NEUTRAL_KEYS = {"train.log_every", "log.trackers", "log.project", "data_dir"}
 
 
 def make_accelerator(trackers: list[str] | None = None, out: str | Path | None = None) -> Accelerator:
