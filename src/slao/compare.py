@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from slao import checkpoint, stats
 from slao.errors import ConfigError, DataError
-from slao.metrics import METRICS, PAIRED, all_metrics, order_spread
+from slao.metrics import METRICS, PAIRED, all_metrics, mean_matrix, order_spread
+from slao.stats import summarize
 from slao.variants import (  # noqa: F401 - parse_methods and split_methods re-exported
     folder_name,
     method_spec,
@@ -56,15 +56,6 @@ def parse_orders(text: str | None, benchmark: str) -> list[int] | None:
 
 
 # -- pure aggregation ----------------------------------------------------------------------------
-def summarize(values: Sequence[float | None]) -> dict:
-    """Mean and sample std (n-1; None with fewer than two values) of the values that are not None."""
-    vals = [float(v) for v in values if v is not None]
-    n = len(vals)
-    mean = sum(vals) / n if n else None
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n >= 2 else None
-    return {"mean": mean, "std": std, "n": n, "values": list(values)}
-
-
 def _final(values: Sequence | None):
     present = [v for v in values or [] if v is not None]
     return present[-1] if present else None
@@ -72,17 +63,6 @@ def _final(values: Sequence | None):
 
 def _total(values: Sequence | None) -> float:
     return round(sum(v for v in values or [] if v is not None), 3)
-
-
-def mean_matrix(matrices: Sequence[Sequence[Sequence[float | None]]]) -> list[list[float | None]]:
-    """Elementwise mean of accuracy matrices; None wherever any of them is None."""
-    if not matrices:
-        return []
-    out = []
-    for rows in zip(*matrices, strict=True):
-        out.append([None if any(v is None for v in cells) else sum(cells) / len(cells)
-                    for cells in zip(*rows, strict=True)])
-    return out
 
 
 def task_test_counts(results: dict) -> dict[str, int]:

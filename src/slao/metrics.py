@@ -109,3 +109,14 @@ def order_spread(final_scores: Sequence[Sequence[float]]) -> dict[str, float | l
         return {"opd": None, "mopd": None, "aopd": None}
     opd = [max(col) - min(col) for col in zip(*final_scores, strict=True)]
     return {"opd": opd, "mopd": max(opd), "aopd": _mean(opd)}
+
+
+def mean_matrix(matrices: Sequence[Sequence[Sequence[float | None]]]) -> list[list[float | None]]:
+    """Elementwise mean of accuracy matrices; None wherever any of them is None."""
+    if not matrices:
+        return []
+    out = []
+    for rows in zip(*matrices, strict=True):
+        out.append([None if any(v is None for v in cells) else sum(cells) / len(cells)
+                    for cells in zip(*rows, strict=True)])
+    return out

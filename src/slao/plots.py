@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from slao.errors import import_extra
-from slao.metrics import seen_average
+from slao.metrics import mean_matrix, seen_average
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -302,8 +302,6 @@ def write_figures(runs: dict[str, Sequence[dict]], folder: Path, context: str,
                   paired: dict | None = None) -> list[Path]:
     """The figures for the runs (method -> results of each seed) into ``folder``: a heatmap per method
     (and order), the seen-task average, the adapter state, and the paired differences when given."""
-    from slao.compare import mean_matrix
-
     folder = Path(folder)
     paths = []
     for name, results in runs.items():

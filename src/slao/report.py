@@ -10,8 +10,8 @@ from slao.tables import comparison_table, results_table
 
 def mean_results(name: str, runs: list[dict]) -> dict:
     """A results-like dict whose matrix is the mean over seeds, for results_table."""
-    from slao.compare import mean_matrix, summarize
-    from slao.metrics import METRICS, all_metrics
+    from slao.metrics import METRICS, all_metrics, mean_matrix
+    from slao.stats import summarize
 
     first = runs[0]
     zero = [r.get("zero_shot") for r in runs]

@@ -141,3 +141,12 @@ def discordant(x: Sequence[float], y: Sequence[float]) -> tuple[int, int]:
     b = sum(1 for u, v in zip(x, y, strict=True) if u >= 1.0 and v < 1.0)
     c = sum(1 for u, v in zip(x, y, strict=True) if u < 1.0 and v >= 1.0)
     return b, c
+
+
+def summarize(values: Sequence[float | None]) -> dict:
+    """Mean and sample std (n-1; None with fewer than two values) of the values that are not None."""
+    vals = [float(v) for v in values if v is not None]
+    n = len(vals)
+    mean = sum(vals) / n if n else None
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n >= 2 else None
+    return {"mean": mean, "std": std, "n": n, "values": list(values)}
