@@ -107,10 +107,11 @@ def test_one_better_baseline_refutes_and_an_undetected_one_is_not_detectable(tmp
     led = ledger(read_runs(tmp_path), replicates=300)
     first = _claim(led, "data-free")
     assert first["verdict"].startswith("not detectable at this scale") and "seq-lora" in first["verdict"]
+    assert first["verdict"].endswith(f"; {len(_baselines()) - 2} not yet run")
     assert "not run: " in first["evidence"][-1] and "magmax" in first["evidence"][-1]
     _write(tmp_path, "magmax", 0.9)
     first = _claim(ledger(read_runs(tmp_path), replicates=300), "data-free")
-    assert first["verdict"] == "not supported (magmax above SLAO)"
+    assert first["verdict"] == f"not supported (magmax above SLAO); {len(_baselines()) - 3} not yet run"
     # everything run so far below SLAO, but baselines missing: not yet supported
     for folder in ("seq-lora", "magmax"):
         for path in sorted((tmp_path / folder).rglob("*"), reverse=True):

@@ -124,6 +124,8 @@ def _all_better(claim: dict, pairs: list[tuple[str, dict | None]], missing: list
         verdict = f"not yet tested in full ({len(tested)} of {len(tested) + len(missing)} run; all SLAO better)"
     else:
         verdict = "supported"
+    if missing and not verdict.startswith("not yet"):
+        verdict += f"; {len(missing)} not yet run"
     return {**claim, "verdict": verdict}
 
 
