@@ -257,6 +257,11 @@ def test_grid_over_orders_layout_and_order_robustness(tmp_path):
 
     again, runs = load_comparison(tmp_path)
     assert len(runs["slao"]) == 4 and again["methods"]["slao"]["order_robustness"]["mopd"] == pytest.approx(9.0)
+    # one order of such a grid (an ablation gathered on order 1): no spread over orders to show
+    from slao.tables import comparison_markdown, comparison_table
+
+    assert "Order robustness" not in comparison_markdown({**again, "orders": [1]})
+    assert "order robustness" not in comparison_table({**again, "orders": [1]})
 
 
 def test_runs_scored_on_different_examples_are_refused():

@@ -208,7 +208,7 @@ def comparison_markdown(comp: dict) -> str:
                   "right after training on it) in points, mean ± sample std over runs (seeds, and orders where "
                   "there are several); times are totals per run in seconds, \"method s\" the method's own work "
                   "outside training (its statistics, init and merge).", ""]
-    if comp.get("orders"):
+    if len(comp.get("orders") or []) > 1:  # spreads over orders need two of them
         lines += ["## Order robustness", "", "Per task the spread (max − min over orders) of its final score, "
                   "mean over seeds; MOPD the largest spread, AOPD the mean.", ""]
         lines += markdown(*order_rows(comp)) + [""]
@@ -221,7 +221,7 @@ def comparison_table(comp: dict) -> str:
     lines = ["comparison on " + _header(comp)]
     lines += aligned(*method_rows(comp))
     lines += ["metrics in points (mean ± sample std over runs); times are totals per run in seconds"]
-    if comp.get("orders"):
+    if len(comp.get("orders") or []) > 1:
         lines += ["order robustness:"] + aligned(*order_rows(comp))
     lines += ["paired comparisons:"] + _paired_section(comp, aligned)
     return "\n".join(lines)
