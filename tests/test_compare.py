@@ -262,6 +262,10 @@ def test_grid_over_orders_layout_and_order_robustness(tmp_path):
 
     assert "Order robustness" not in comparison_markdown({**again, "orders": [1]})
     assert "order robustness" not in comparison_table({**again, "orders": [1]})
+    # the header counts what it names: "order 1", "orders 1, 2", "seed 0"
+    assert ", order 1;" in comparison_markdown({**again, "orders": [1]})
+    assert ", orders 1, 2;" in md and "; seeds 0, 1 (" in md
+    assert "; seed 0 (" in comparison_markdown({**again, "seeds": [0]})
 
 
 def test_runs_scored_on_different_examples_are_refused():

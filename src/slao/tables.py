@@ -165,13 +165,18 @@ def order_rows(comp: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _counted(word: str, values) -> str:
+    """'seed 0' for one value, 'seeds 0, 1, 2' for several."""
+    values = list(values)
+    return f"{word}{'' if len(values) == 1 else 's'} {', '.join(map(str, values))}"
+
+
 def _header(comp: dict) -> str:
-    seeds = ", ".join(map(str, comp["seeds"]))
     orders = comp.get("orders")
-    where = (f"orders {', '.join(map(str, orders))}" if orders
+    where = (_counted("order", orders) if orders
              else f"tasks {', '.join(comp.get('tasks') or [])}")
     return (f"Model {comp.get('model')}, benchmark {comp.get('benchmark')}, {where}; train_per_task "
-            f"{comp.get('train_per_task')}, test_per_task {comp.get('test_per_task')}; seeds {seeds} "
+            f"{comp.get('train_per_task')}, test_per_task {comp.get('test_per_task')}; {_counted('seed', comp['seeds'])} "
             f"({comp.get('runs_done')} of {comp.get('runs_total')} runs finished)." + _failed_note(comp))
 
 
