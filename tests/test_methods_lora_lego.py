@@ -60,16 +60,34 @@ def test_each_merged_unit_is_the_mean_of_its_cluster():
     assert torch.allclose(merged_units(merged), MEANS, atol=1e-6)
 
 
-def test_norm_rescaling_gives_each_unit_the_mean_norm_of_its_cluster():
-    merged = merged_units(lego_merge([LORA_1, LORA_2], rank=2))
+def test_euclidean_rescaling_gives_each_unit_the_mean_norm_of_its_cluster():
+    merged = merged_units(lego_merge([LORA_1, LORA_2], rank=2, norm="2"))
     for j in range(2):
         target = MEMBER_NORMS[j].mean()
         assert torch.allclose(merged[j], MEANS[j] * target / MEANS[j].norm(), atol=1e-6)
         assert merged[j].norm() == pytest.approx(float(target), rel=1e-6)
     labels = torch.tensor([0, 1, 0])
     units = torch.tensor([[3.0, 4.0], [1.0, 0.0], [3.0, -4.0]])  # cluster 0: mean (3, 0), member norms 5, 5
-    assert torch.allclose(cluster_means(units, labels, 2), torch.tensor([[5.0, 0.0], [1.0, 0.0]]))
+    assert torch.allclose(cluster_means(units, labels, 2, norm="2"), torch.tensor([[5.0, 0.0], [1.0, 0.0]]))
     assert torch.allclose(cluster_means(units, labels, 2, rescale=False), torch.tensor([[3.0, 0.0], [1.0, 0.0]]))
+
+
+def test_default_rescaling_uses_the_largest_entry():
+    labels = torch.tensor([0, 1, 0])
+    units = torch.tensor([[3.0, 4.0], [1.0, 0.0], [3.0, -4.0]])  # cluster 0: mean (3, 0), largest entries 4, 4
+    assert torch.allclose(cluster_means(units, labels, 2), torch.tensor([[4.0, 0.0], [1.0, 0.0]]))
+    # the two-LoRA example: each mean's largest entry (1.1, 1.2) already is its members' mean largest entry
+    # ((1 + 1.2) / 2, (1 + 1.4) / 2), so the L-infinity rescaling leaves the means as they are; the
+    # Euclidean one does not
+    assert torch.allclose(merged_units(lego_merge([LORA_1, LORA_2], rank=2)), MEANS, atol=1e-6)
+    assert not torch.allclose(merged_units(lego_merge([LORA_1, LORA_2], rank=2, norm="2")), MEANS, atol=1e-3)
+
+
+def test_an_unknown_norm_is_refused_with_the_choices():
+    from slao.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rescale_norm must be one of inf, 2; got 'l1'"):
+        make(rescale_norm="l1")
 
 
 def test_one_task_merges_to_itself_and_the_method_keeps_every_lora():

@@ -14,16 +14,20 @@ The rule, per layer, after task t:
   c_j (the mean of the units in cluster j) is unit j of the merged LoRA: A[j] = c_j[:in], B[:, j] = c_j[in:];
 - norm rescaling (the paper's parameter reweighting against "norm decay": the mean of units that point
   in different directions is shorter than they are): c_j is rescaled to the mean norm of its cluster's
-  units, c_j * mean_{s in C_j} ||s|| / ||c_j||, on the whole unit [a, b]. ``method.lora_lego.rescale=false``
-  leaves the plain means.
+  units, c_j * mean_{s in C_j} ||s|| / ||c_j||, one factor on the whole unit [a, b]. The norm is the
+  largest absolute entry (L-infinity) by default, ``method.lora_lego.rescale_norm=2`` for the Euclidean
+  one; ``method.lora_lego.rescale=false`` leaves the plain means.
 
 What was and was not checked against the paper: the MSU definition, the clustering of the pooled units
 into k clusters, centroids as the merged units and the rank are the paper's (abstract, Figure 1). The
-paper's method section could not be read from here (no reference code is public as far as the search
-reached, and only the abstract and Figure 1 of the paper were at hand), so the rescaling formula above is
-this implementation's reading of "parameter reweighting for norm decay", and the paper's second
-reweighting (of the output, against "variance expansion" when units are concatenated into a higher rank)
-is not applied: the merged rank here equals the tasks' rank r. Treat both as open until checked.
+paper's method section could not be read from here and the authors' code is not public, so the rescaling
+follows two independent public reimplementations that agree with each other (a merging-methods module
+beside TIES and KnOTS, and SMoEA's ``system/merging.py``): both rescale the whole centroid [a, b] by the
+mean L-infinity norm of its cluster's units over its own L-infinity norm. The paper's second reweighting
+(of the output, against "variance expansion"), which both give as a factor sqrt(r / k) on the update, is
+1 here: the merged rank k equals the tasks' rank r. Until the paper's equations are read, treat the
+choice of norm as that reading (the first version of this method, used for the packaged-task table of
+docs/results.md, rescaled by the Euclidean norm: ``rescale_norm=2``).
 
 Choices the paper leaves open (it merges a fixed set of LoRAs once): the clustering is redone from scratch
 after every task over all LoRAs seen so far (the paper does not merge incrementally), so the state is
@@ -41,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
+from slao.errors import ConfigError
 from slao.methods.base import Method, option, register
 from slao.methods.lora_ops import LoraWeights, clone_lora, flatten_list, unflatten_list
 
@@ -88,27 +93,35 @@ def kmeans(X: torch.Tensor, k: int, generator: torch.Generator, max_iters: int =
     return labels
 
 
-def cluster_means(units: torch.Tensor, labels: torch.Tensor, k: int, rescale: bool = True) -> torch.Tensor:
-    """Row j: the mean of the units labelled j, rescaled (``rescale``) to the mean norm of those units."""
+NORMS = {"inf": float("inf"), "2": 2.0}
+
+
+def cluster_means(units: torch.Tensor, labels: torch.Tensor, k: int, rescale: bool = True,
+                  norm: str = "inf") -> torch.Tensor:
+    """Row j: the mean of the units labelled j, rescaled (``rescale``) to the mean norm of those units, the
+    norm being ``norm`` ("inf": the largest absolute entry; "2": Euclidean)."""
     U = units.to(torch.float64)
+    p = NORMS[norm]
     out = []
     for j in range(k):
         members = U[labels == j]
         c = members.mean(0)
-        if rescale and c.norm() > 0:
-            c = c * members.norm(dim=1).mean() / c.norm()
+        size = torch.linalg.vector_norm(c, ord=p)
+        if rescale and size > 0:
+            c = c * torch.linalg.vector_norm(members, ord=p, dim=1).mean() / size
         out.append(c)
     return torch.stack(out).to(units.dtype)
 
 
-def lego_merge(loras: list[LoraWeights], rank: int, seed: int = 0, rescale: bool = True) -> LoraWeights:
+def lego_merge(loras: list[LoraWeights], rank: int, seed: int = 0, rescale: bool = True,
+               norm: str = "inf") -> LoraWeights:
     """The merged LoRA of rank ``rank``: per layer, the pooled units clustered into ``rank`` clusters."""
     out: LoraWeights = {}
     for name in sorted(loras[0]):
         n_in = loras[0][name][0].shape[1]
         units = torch.cat([units_of(*lora[name]) for lora in loras])  # (t*r, in + out)
         labels = kmeans(units, rank, torch.Generator().manual_seed(seed))
-        merged = cluster_means(units, labels, rank, rescale)
+        merged = cluster_means(units, labels, rank, rescale, norm)
         out[name] = (merged[:, :n_in].contiguous(), merged[:, n_in:].T.contiguous())
     return out
 
@@ -117,7 +130,8 @@ def lego_merge(loras: list[LoraWeights], rank: int, seed: int = 0, rescale: bool
 class LoraLegoOptions:
     seed: int = option(0, "seed of the k-means++ initialisation (the clustering is deterministic given it)")
     rescale: bool = option(True, "rescale each merged unit to the mean norm of its cluster's units "
-                                 "(the paper's parameter reweighting, as read here)")
+                                 "(the paper's parameter reweighting)")
+    rescale_norm: str = option("inf", "the norm of that rescaling: inf (largest absolute entry) | 2 (Euclidean)")
 
 
 @register("lora-lego", options=LoraLegoOptions)
@@ -130,13 +144,16 @@ class LoraLegoMethod(Method):
     def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
         super().__init__(options, lora_shapes, rank, num_tasks)
         self.seed, self.rescale = int(options.seed), bool(options.rescale)
+        self.norm = str(options.rescale_norm)
+        if self.norm not in NORMS:
+            raise ConfigError(f"method.lora_lego.rescale_norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
         self.loras: list[LoraWeights] = []  # task j (0-based) -> its fine-tuned LoRA
 
     def after_task(self, i, trained, data=None):
         del self.loras[i - 1 :]  # a task trained again (never in a normal run) replaces its LoRA
         self.loras.append(clone_lora(trained))
         rank = next(iter(trained.values()))[0].shape[0]
-        return lego_merge(self.loras, rank, self.seed, self.rescale)
+        return lego_merge(self.loras, rank, self.seed, self.rescale, self.norm)
 
     def state(self) -> dict[str, torch.Tensor]:
         return flatten_list(self.loras)
