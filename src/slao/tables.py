@@ -176,7 +176,8 @@ def _header(comp: dict) -> str:
     where = (_counted("order", orders) if orders
              else f"tasks {', '.join(comp.get('tasks') or [])}")
     return (f"Model {comp.get('model')}, benchmark {comp.get('benchmark')}, {where}; train_per_task "
-            f"{comp.get('train_per_task')}, test_per_task {comp.get('test_per_task')}; {_counted('seed', comp['seeds'])} "
+            f"{comp.get('train_per_task')}, test_per_task {comp.get('test_per_task')}; "
+            f"{_counted('seed', comp['seeds'])} "
             f"({comp.get('runs_done')} of {comp.get('runs_total')} runs finished)." + _failed_note(comp))
 
 
