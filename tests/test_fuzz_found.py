@@ -1,6 +1,6 @@
-"""What the fuzzing suite (test_fuzz.py) found, each failure shrunk to its smallest input and kept here as
-a plain test: every one of these ended in a traceback or a message that named no file, or took several
-lines, before it was fixed."""
+"""What the fuzzing suite (test_fuzz_data.py, test_fuzz_settings.py, test_fuzz_weights.py) found, each
+failure shrunk to its smallest input and kept here as a plain test: every one of these ended in a traceback
+or a message that named no file, or took several lines, before it was fixed."""
 
 from __future__ import annotations
 
