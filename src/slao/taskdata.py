@@ -79,17 +79,11 @@ class TaskData:
             targets = {n: targets[n] for n in layers}
         sums = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in targets.items()}
         current: dict[str, torch.Tensor] = {}
-        last: dict[str, torch.Tensor] = {}  # the input seen last and its x^T x
 
         def hook(name):
             def collect(module, args):
-                # Layers fed the very same tensor (q_proj and v_proj read one normed hidden state) share
-                # one product: the float64 x^T x over every real token is most of this pass's time. The
-                # cache holds that tensor, so its storage cannot be reused by another while it is cached.
-                if last.get("input") is not args[0]:
-                    x = args[0].detach().to(torch.float64)[current["mask"]]  # (real tokens, in)
-                    last["input"], last["product"] = args[0], (x.T @ x).cpu()
-                sums[name] += last["product"]
+                x = args[0].detach().to(torch.float64)[current["mask"]]  # (real tokens, in)
+                sums[name] += (x.T @ x).cpu()
             return collect
 
         model = self.adapter.model
@@ -101,11 +95,9 @@ class TaskData:
             with torch.no_grad(), (model.disable_adapter() if not adapter else _null()):
                 for ids, mask, _ in self.batches(which, max_examples):
                     current["mask"] = mask.bool()
-                    last.clear()
                     model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
                     tokens += int(mask.sum())
         finally:
-            last.clear()
             for h in handles:
                 h.remove()
             model.train(was_training)
