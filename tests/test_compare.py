@@ -262,6 +262,11 @@ def test_grid_over_orders_layout_and_order_robustness(tmp_path):
 
     assert "Order robustness" not in comparison_markdown({**again, "orders": [1]})
     assert "order robustness" not in comparison_table({**again, "orders": [1]})
+    # a grid over two orders whose second has not run: no spreads yet, no all-n/a section
+    unrun = {**again, "methods": {m: {**e, "order_robustness": {"opd": {}, "mopd": None, "aopd": None}}
+                                  for m, e in again["methods"].items()}}
+    assert "Order robustness" not in comparison_markdown(unrun)
+    assert "order robustness" not in comparison_table(unrun)
     # the header counts what it names: "order 1", "orders 1, 2", "seed 0"
     assert ", order 1;" in comparison_markdown({**again, "orders": [1]})
     assert ", orders 1, 2;" in md and "; seeds 0, 1 (" in md

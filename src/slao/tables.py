@@ -171,6 +171,13 @@ def _counted(word: str, values) -> str:
     return f"{word}{'' if len(values) == 1 else 's'} {', '.join(map(str, values))}"
 
 
+def _has_spreads(comp: dict) -> bool:
+    """Whether any method has its order robustness: it needs runs of two orders or more (a grid over
+    several orders whose second has not run yet has none to show)."""
+    return len(comp.get("orders") or []) > 1 and any(
+        (e.get("order_robustness") or {}).get("mopd") is not None for e in comp["methods"].values())
+
+
 def _header(comp: dict) -> str:
     orders = comp.get("orders")
     where = (_counted("order", orders) if orders
@@ -214,7 +221,7 @@ def comparison_markdown(comp: dict) -> str:
                   "right after training on it) in points, mean ± sample std over runs (seeds, and orders where "
                   "there are several); times are totals per run in seconds, \"method s\" the method's own work "
                   "outside training (its statistics, init and merge).", ""]
-    if len(comp.get("orders") or []) > 1:  # spreads over orders need two of them
+    if _has_spreads(comp):
         lines += ["## Order robustness", "", "Per task the spread (max − min over orders) of its final score, "
                   "mean over seeds; MOPD the largest spread, AOPD the mean.", ""]
         lines += markdown(*order_rows(comp)) + [""]
@@ -227,7 +234,7 @@ def comparison_table(comp: dict) -> str:
     lines = ["comparison on " + _header(comp)]
     lines += aligned(*method_rows(comp))
     lines += ["metrics in points (mean ± sample std over runs); times are totals per run in seconds"]
-    if len(comp.get("orders") or []) > 1:
+    if _has_spreads(comp):
         lines += ["order robustness:"] + aligned(*order_rows(comp))
     lines += ["paired comparisons:"] + _paired_section(comp, aligned)
     return "\n".join(lines)
