@@ -40,6 +40,12 @@ def section(name: str) -> str:
     return name.replace("-", "_")
 
 
+def check_choice(method: str, name: str, value, allowed) -> None:
+    """Refuse a method setting outside its choices, with the setting's path and the choices."""
+    if value not in allowed:
+        raise ConfigError(f"method.{section(method)}.{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
 def register(name: str, options: type | None = None):
     """Class decorator: make a method available as ``slao run --method NAME``, with its settings."""
     if options is not None and not dataclasses.is_dataclass(options):

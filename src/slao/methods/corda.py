@@ -51,8 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slao.errors import ConfigError
-from slao.methods.base import Method, needs_data, option, register
+from slao.methods.base import Method, check_choice, needs_data, option, register
 from slao.methods.lora_ops import LoraWeights, clone_lora, stack_loras
 
 WEIGHTS = ("current", "base")
@@ -119,8 +118,7 @@ class CordaMethod(Method):
     def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
         super().__init__(options, lora_shapes, rank, num_tasks)
         self.weight = options.weight
-        if self.weight not in WEIGHTS:
-            raise ConfigError(f"method.corda.weight must be one of {', '.join(WEIGHTS)}, got {self.weight!r}")
+        check_choice(self.name, "weight", self.weight, WEIGHTS)
         self.stack: LoraWeights = {}  # rank r + 2r(t-1) after t tasks
         self.context = {"covariance_bytes": 0, "covariance_tokens": 0}  # of the last init (stats)
 

@@ -45,8 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slao.errors import ConfigError
-from slao.methods.base import Method, option, register
+from slao.methods.base import Method, check_choice, option, register
 from slao.methods.lora_ops import LoraWeights, clone_lora, flatten_list, unflatten_list
 
 MAX_ITERS = 300
@@ -145,8 +144,7 @@ class LoraLegoMethod(Method):
         super().__init__(options, lora_shapes, rank, num_tasks)
         self.seed, self.rescale = int(options.seed), bool(options.rescale)
         self.norm = str(options.rescale_norm)
-        if self.norm not in NORMS:
-            raise ConfigError(f"method.lora_lego.rescale_norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
+        check_choice(self.name, "rescale_norm", self.norm, NORMS)
         self.loras: list[LoraWeights] = []  # task j (0-based) -> its fine-tuned LoRA
 
     def after_task(self, i, trained, data=None):

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from slao.errors import ConfigError
-from slao.methods.base import Method, option, register
+from slao.methods.base import Method, check_choice, option, register
 from slao.methods.lora_ops import LoraWeights, factorize, full_rank
 
 SPACES = ("factors", "dense")
@@ -116,9 +116,8 @@ class OpcmMethod(Method):
         self.alpha = float(options.alpha)
         if not 0.0 <= self.alpha <= 1.0:  # also refuses nan
             raise ConfigError(f"method.opcm.alpha must be a number in [0, 1], got {options.alpha!r}")
-        for key, value, allowed in (("space", options.space, SPACES), ("scale", options.scale, SCALES)):
-            if value not in allowed:
-                raise ConfigError(f"method.opcm.{key} must be one of {', '.join(allowed)}; got {value!r}")
+        check_choice(self.name, "space", options.space, SPACES)
+        check_choice(self.name, "scale", options.scale, SCALES)
         self.space, self.scale = options.space, options.scale
         self.merged: dict[str, torch.Tensor] = {}  # "layer/A", "layer/B" (factors) or "layer/BA" (dense)
         self.lam = 1.0  # lambda_t of the last merge

@@ -32,7 +32,7 @@ import torch
 
 from slao.encoding import Encoded
 from slao.errors import ConfigError
-from slao.methods.base import Method, needs_data, option, register
+from slao.methods.base import Method, check_choice, needs_data, option, register
 from slao.methods.lora_ops import clone_lora, tensors_bytes
 
 MODES = ("quota", "reservoir")
@@ -90,8 +90,7 @@ class ReplayMethod(Method):
     def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
         super().__init__(options, lora_shapes, rank, num_tasks)
         self.per_task, self.mode, self.seed = float(options.per_task), options.mode, int(options.seed)
-        if self.mode not in MODES:
-            raise ConfigError(f"method.replay.mode must be one of {', '.join(MODES)}; got {options.mode!r}")
+        check_choice(self.name, "mode", self.mode, MODES)
         if not (self.per_task > 0 and math.isfinite(self.per_task)) or (
                 self.per_task >= 1 and self.per_task != int(self.per_task)):
             raise ConfigError("method.replay.per_task must be a fraction in (0, 1) or a whole count >= 1, "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from slao.errors import ConfigError
-from slao.methods.base import Method, option, register
+from slao.methods.base import Method, check_choice, option, register
 from slao.methods.lora_ops import LoraWeights
 
 
@@ -79,11 +79,6 @@ def _parse_schedule(value) -> str | float:
     return constant
 
 
-def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"method.slao.{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
 @dataclass
 class SlaoOptions:
     init: str = option("last-ft", "initialise task i from: last-ft | merged | random")
@@ -103,10 +98,10 @@ class SlaoMethod(Method):
     def __init__(self, options, lora_shapes, rank=8, num_tasks=0):
         super().__init__(options, lora_shapes, rank, num_tasks)
         opts = options
-        _check("init", opts.init, INITS)
-        _check("a_rule", opts.a_rule, A_RULES)
-        _check("b_rule", opts.b_rule, B_RULES)
-        _check("train", opts.train, TRAINS)
+        check_choice(self.name, "init", opts.init, INITS)
+        check_choice(self.name, "a_rule", opts.a_rule, A_RULES)
+        check_choice(self.name, "b_rule", opts.b_rule, B_RULES)
+        check_choice(self.name, "train", opts.train, TRAINS)
         self.opts = opts
         self.schedule = _parse_schedule(opts.schedule)
         self.merged: LoraWeights = {}
