@@ -151,3 +151,14 @@ def test_cli_writes_the_ledger_and_refuses_a_folder_without_slao(tmp_path, capsy
     assert "no finished run of slao" in capsys.readouterr().err
     with pytest.raises(DataError, match="not a folder"):
         read_runs(tmp_path / "missing")
+
+
+def test_the_best_baseline_names_its_run_count_when_it_has_fewer_runs(tmp_path):
+    _write(tmp_path, "slao", 0.6)
+    _write(tmp_path, "seq-lora", 0.5)
+    _write(tmp_path, "inc-lora", 0.55, seeds=(0,))
+    ours = _claim(ledger(read_runs(tmp_path), replicates=200), "data-free")["ours"]
+    assert ours.endswith("best baseline inc-lora 55.0 (1 run against SLAO's 3)")
+    _write(tmp_path, "inc-lora", 0.55, seeds=(1, 2))
+    ours = _claim(ledger(read_runs(tmp_path), replicates=200), "data-free")["ours"]
+    assert ours.endswith("best baseline inc-lora 57.5")  # seeds shift one example each
