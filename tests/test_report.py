@@ -119,3 +119,13 @@ def test_cumulative_seconds_add_training_and_the_methods_own_work():
     # a joint run trains once, at the last task; a task not trained yet has no time
     assert _cumulative_seconds({"train_seconds": [None, None, 3.0], "method_seconds": [None, None, 1.0]}) == [
         None, None, 4.0]
+
+
+def test_a_time_column_says_how_many_runs_it_covers_when_older_runs_lack_it():
+    first, second = _seq(0), _seq(1)
+    first["method_seconds"] = [0.5, 0.5, 1.0]  # the second run predates the record of the method's own work
+    comp = aggregate({"slao": [first, second]}, {"model": "tiny-random", "benchmark": "packaged", "seeds": [0, 1],
+                                                 "runs_done": 2, "runs_total": 2})
+    row = next(line for line in comparison_table(comp).splitlines() if line.startswith("slao"))
+    assert "  2.0 (1 of 2 runs)  " in row  # method s: one run's total
+    assert "  4.5 ± 0.0  " in row and row.count(" of 2 runs") == 1  # train s: both runs have it

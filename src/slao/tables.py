@@ -96,12 +96,19 @@ def _keeps(entry: dict) -> str:
     return data + (", grows" if entry.get("grows") else "")
 
 
+def _seconds(s: dict) -> str:
+    """A time column: mean ± std, and how many runs it covers where some runs predate its record."""
+    text = format_stat(s)
+    n, total = s.get("n"), len(s.get("values") or [])
+    return text + (f" ({n} of {total} runs)" if s["mean"] is not None and n is not None and n < total else "")
+
+
 def method_rows(comp: dict) -> tuple[list[str], list[list[str]]]:
     head = (["method", "runs"] + [LABELS[k] for k in METRICS]
             + ["adapter state", "keeps", "train s", "method s", "eval s"])
     rows = [[name, str(e.get("runs", len(e["seeds"])))] + [format_stat(e[k]) for k in METRICS]
-            + [format_bytes(e["adapter_state_bytes"]), _keeps(e), format_stat(e["train_seconds"]),
-               format_stat(e.get("method_seconds") or {"mean": None}), format_stat(e["eval_seconds"])]
+            + [format_bytes(e["adapter_state_bytes"]), _keeps(e), _seconds(e["train_seconds"]),
+               _seconds(e.get("method_seconds") or {"mean": None}), _seconds(e["eval_seconds"])]
             for name, e in comp["methods"].items()]
     return head, rows
 
