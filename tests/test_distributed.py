@@ -65,6 +65,7 @@ def runs(tmp_path_factory):
     env.pop("WORLD_SIZE", None)
     torchrun = Path(sys.executable).with_name("torchrun")
     two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "slao", *args,
+                          "--set", "eval.zero_shot=true", "--zero-shot-cache", str(root / "zero-shot"),
                           "--output", str(root / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     # The single-process reference runs in this process (no second start-up of torch).
@@ -188,6 +189,28 @@ def test_a_killed_rank_leaves_a_run_that_resumes_to_the_same_results(runs, tmp_p
     logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
              for line in (f / "train_log.jsonl").read_text().splitlines()] for f in (runs["two"][0], out)]
     assert logs[0] == logs[1]
+
+
+def test_two_processes_share_the_main_ones_cached_zero_shot_answers(runs, tmp_path):
+    """A 2-process run whose zero-shot answers the fixture's 2-process run left in the cache: the main process
+    reads them and hands them to the other (each reading for itself could split the ranks between reading
+    and generating, which would hang the collective generation)."""
+    whole = _results(runs["two"][0])
+    if whole["versions"]["git_dirty"] is not False and whole["versions"]["git_commit"] is not None:
+        pytest.skip("a checkout with uncommitted changes keeps no answer cache")
+    data, cache = runs["two"][0].parent / "data", runs["two"][0].parent / "zero-shot"
+    assert len(list(cache.glob("*.json"))) == len(TASKS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env.pop("WORLD_SIZE", None)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    args = [*RUN, "--data-dir", str(data), "--tasks", "alpha,beta", "--set", "train.epochs=1",
+            "--set", "eval.zero_shot=true", "--zero-shot-cache", str(cache), "--output", str(tmp_path / "again")]
+    again = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "slao", *args],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    r = _results(tmp_path / "again")
+    assert r["zero_shot_reused"] == ["alpha", "beta"] and r["zero_shot"] == whole["zero_shot"][:2]
+    assert "zero-shot on" not in again.stderr  # no process generated
 
 
 @pytest.mark.parametrize(("available", "named", "world", "cpu"), [

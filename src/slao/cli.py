@@ -105,7 +105,7 @@ def cmd_run(args) -> int:
     cfg = build_from_args(args, base)  # settings checked before the model, the data or PEFT load
     from slao.harness import run_experiment
 
-    results = run_experiment(cfg, out)
+    results = run_experiment(cfg, out, zero_shot_cache=args.zero_shot_cache)
     _print_table(results)
     if _is_main_process():
         print(f"run folder: {out}")
@@ -258,6 +258,10 @@ def make_parser() -> argparse.ArgumentParser:
     _run_flags(p)
     p.add_argument("--output", help="run folder (created; an unfinished run there is resumed)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN after its last finished task")
+    p.add_argument("--zero-shot-cache", metavar="DIR",
+                   help="reuse the base model's zero-shot answers kept in DIR by runs of the same base model, "
+                        "prompts, generation settings and code, and keep this run's there (slao compare gives "
+                        "its cells DIR/zero-shot)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="SLAO on the shipped model and the packaged tasks, small budgets")
     _run_flags(p)

@@ -5,6 +5,7 @@ with a paired bootstrap. Which methods and variants run is parsed by slao.varian
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from slao.variants import (  # noqa: F401 - parse_methods and split_methods re-e
 )
 
 BOOTSTRAP_REPLICATES = 2000
+ZERO_SHOT_DIR = "zero-shot"  # <comparison>/zero-shot/: the base model's answers, shared by its runs (AnswerCache)
 
 
 # -- parsing and validation (the --methods grammar lives in slao.variants) ------------------------
@@ -293,11 +295,11 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
     from slao.methods import get_method
     from slao.tasks import resolve_task_names
 
-    runner = runner or run_experiment
+    out = Path(out)
+    runner = runner or functools.partial(run_experiment, zero_shot_cache=out / ZERO_SHOT_DIR)
     for name in methods:  # all names and variants before any run starts
         get_method(method_spec(name)[0])
         variant_config(cfg, name)
-    out = Path(out)
     by_order = bool(orders)
     tasks = None if by_order else resolve_task_names(cfg)
     cells = grid_cells(cfg, methods, seeds, out, orders)

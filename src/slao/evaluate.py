@@ -3,7 +3,10 @@ stops when every sequence in the batch has ended or after ``max_new_tokens``."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -90,3 +93,41 @@ def evaluate_task(accelerator: Accelerator, model, tokenizer, task: Task, prompt
             merged[k] = a
         answers = merged
     return score(task, answers), answers, time.perf_counter() - start
+
+
+class AnswerCache:
+    """The base model's answers to a task's test prompts, kept in a folder that the runs of one comparison
+    share. Zero-shot scoring depends on neither the method nor its training, so in a grid the first run of
+    each seed and order generates them and the other methods read them back.
+
+    An entry is named by a hash of everything its answers depend on: ``identity`` (the base model and its
+    dtype, the generation settings, the number of processes, the versions and git commit of the code) and
+    the prompts' token ids. The caller passes no cache for a checkout with uncommitted changes. A missing,
+    unreadable or malformed entry is generated again; a failed write only costs the next run the time."""
+
+    def __init__(self, folder: str | Path, identity: dict):
+        self.folder, self.identity = Path(folder), identity
+
+    def _path(self, prompts: list[list[int]]) -> Path:
+        blob = json.dumps({**self.identity, "prompts": prompts}, sort_keys=True).encode()
+        return self.folder / f"{hashlib.sha256(blob).hexdigest()}.json"
+
+    def get(self, prompts: list[list[int]]) -> list[str] | None:
+        try:
+            answers = json.loads(self._path(prompts).read_text()).get("answers")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not isinstance(answers, list) or len(answers) != len(prompts) or not all(isinstance(a, str)
+                                                                                    for a in answers):
+            return None
+        return answers
+
+    def put(self, prompts: list[list[int]], answers: list[str], task: str) -> bool:
+        from slao.checkpoint import write_atomic
+
+        entry = {"task": task, "model": self.identity.get("model"), "answers": answers}
+        try:
+            write_atomic(self._path(prompts), json.dumps(entry) + "\n")
+        except OSError:
+            return False
+        return True

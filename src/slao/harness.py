@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 import slao
 from slao import checkpoint
 from slao.config import RunConfig, to_dict
 from slao.encoding import TaskEncoder
 from slao.errors import ConfigError
-from slao.evaluate import evaluate_task, example_scores
+from slao.evaluate import AnswerCache, evaluate_task, example_scores, score
 from slao.lora import LoraAdapter
 from slao.methods import build_method
 from slao.metrics import all_metrics
@@ -153,8 +153,9 @@ class Run:
     """One method on one task sequence, writing into ``out``; the task loop is ``execute``."""
 
     def __init__(self, cfg: RunConfig, out: str | Path, tasks, model, tokenizer, model_id: str,
-                 accelerator: Accelerator | None = None, echo=print):
+                 accelerator: Accelerator | None = None, echo=print, zero_shot_cache: str | Path | None = None):
         self.cfg, self.out, self.tasks = cfg, Path(out), tasks
+        self.zero_shot_cache = zero_shot_cache
         self.acc = accelerator or make_accelerator()
         self.echo = echo if self.acc.is_main_process else (lambda *a, **k: None)
         self.tok, self.model_id = tokenizer, model_id
@@ -265,14 +266,41 @@ class Run:
             self.books.predictions[self.names[j]] = answers
         return row, per_example, seconds
 
+    def _answer_cache(self) -> AnswerCache | None:
+        """The shared store of the base model's answers, when given and the code that runs is committed."""
+        v = self.books.versions
+        if self.zero_shot_cache is None or v.get("git_dirty"):
+            return None
+        e = self.cfg.eval
+        return AnswerCache(self.zero_shot_cache, {
+            "model": self.model_id, "model_dtype": self.cfg.model_dtype,
+            "trust_remote_code": self.cfg.trust_remote_code,
+            "eval": {"batch_size": e.batch_size, "max_new_tokens": e.max_new_tokens, "bf16": e.bf16},
+            "processes": self.acc.num_processes, "device": self.acc.device.type, "versions": v,
+            "pad": self.tok.pad_token_id, "eos": self.tok.eos_token_id})
+
     def zero_shot(self) -> None:
+        """The base model's score on every task (FWT's reference), read from the answer cache where the
+        same base model already answered the same prompts."""
+        cache, reused = self._answer_cache(), []
         with self.adapter.model.disable_adapter():
             scores = []
             for j, task in enumerate(self.tasks):
-                value, _, _ = evaluate_task(self.acc, self.adapter.model, self.tok, task, self.test_prompts[j],
-                                            self.cfg.eval, desc=f"zero-shot on {task.name}")
-                scores.append(value)
+                answers = cache.get(self.test_prompts[j]) if cache else None
+                if self.acc.num_processes > 1:  # every process takes the main one's answer, or generates
+                    answers = broadcast_object_list([answers])[0]
+                if answers is None:
+                    _, answers, _ = evaluate_task(self.acc, self.adapter.model, self.tok, task, self.test_prompts[j],
+                                                  self.cfg.eval, desc=f"zero-shot on {task.name}")
+                    if cache and self.acc.is_main_process:
+                        cache.put(self.test_prompts[j], answers, task.name)
+                else:
+                    reused.append(task.name)
+                scores.append(score(task, answers))
         self.books.progress["zero_shot"] = scores
+        self.books.progress["zero_shot_reused"] = reused
+        if reused:
+            self.echo(f"zero-shot answers of {len(reused)} of {len(self.tasks)} tasks read from {cache.folder}")
         self.echo("zero-shot: " + ", ".join(f"{n} {v:.1f}" for n, v in zip(self.names, scores, strict=True)))
 
     # -- resume and the end -------------------------------------------------------------------------
@@ -301,8 +329,9 @@ class Run:
         return results
 
 
-def run_experiment(cfg: RunConfig, out: str | Path, echo=print) -> dict:
-    """Load the model and tasks that ``cfg`` names and run them into ``out``."""
+def run_experiment(cfg: RunConfig, out: str | Path, echo=print, zero_shot_cache: str | Path | None = None) -> dict:
+    """Load the model and tasks that ``cfg`` names and run them into ``out``; ``zero_shot_cache``, a folder
+    the runs of one comparison share, keeps the base model's answers for the next run (AnswerCache)."""
     from slao.models import load_model, model_id
     from slao.tasks import load_benchmark
 
@@ -314,7 +343,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, echo=print) -> dict:
         resume_point(cfg, Path(out), run_meta(cfg, tasks, base))  # refuse a bad resume before loading the model
         model, tokenizer = load_model(cfg.model, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
                                       dtype=getattr(torch, cfg.model_dtype))
-        run = Run(cfg, out, tasks, model, tokenizer, base, accelerator, echo)
+        run = Run(cfg, out, tasks, model, tokenizer, base, accelerator, echo, zero_shot_cache)
         try:
             results = run.execute()
         except OSError as err:  # a full disk or a lost mount while writing: the last checkpoint is whole

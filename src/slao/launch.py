@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from slao.compare import ZERO_SHOT_DIR
 from slao.errors import ConfigError, SlaoError
 
 LAUNCHERS = ("sequential", "local", "slurm")
@@ -75,7 +76,8 @@ def write_cell_config(cell: Cell, out: Path) -> Path:
 
 def run_argv(cell: Cell, out: Path) -> list[str]:
     """``slao run`` arguments for the cell: a run that resumes when unfinished and does nothing when done."""
-    return ["run", "--config", str(write_cell_config(cell, out)), "--output", str(cell.folder)]
+    return ["run", "--config", str(write_cell_config(cell, out)), "--output", str(cell.folder),
+            "--zero-shot-cache", str(Path(out) / ZERO_SHOT_DIR)]
 
 
 def _last_line(path: Path, prefix: str = "") -> str:

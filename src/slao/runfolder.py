@@ -115,7 +115,7 @@ class RunFolder:
                          "adapter_state_bytes": [None] * T, "method_stats": [None] * T,
                          "train_seconds": [None] * T, "method_seconds": [None] * T, "eval_seconds": [None] * T,
                          "train_steps": [None] * T,
-                         "train_tokens": [None] * T, "data_order": [None] * T,
+                         "train_tokens": [None] * T, "data_order": [None] * T, "zero_shot_reused": None,
                          "example_scores": [[None] * T for _ in range(T)]}
         self.predictions: dict[str, list[str]] = {}
         self.meta = run_meta(cfg, tasks, model_id)
@@ -183,6 +183,8 @@ class RunFolder:
             "task_info": {t.name: {"metric": t.metric, "train": len(t.train), "test": len(t.test), "test_sha256": h,
                                    **t.info} for t, h in zip(self.tasks, self.test_hashes, strict=True)},
             "accuracy": p["accuracy"], "zero_shot": p["zero_shot"],
+            # tasks whose zero-shot answers a run of the same comparison generated (the answer cache)
+            "zero_shot_reused": p["zero_shot_reused"],
             "metrics": all_metrics(p["accuracy"], p["zero_shot"]) if finished else None,
             "adapter_state_bytes": p["adapter_state_bytes"], "method_stats": p["method_stats"],
             "train_seconds": p["train_seconds"], "method_seconds": p["method_seconds"],
