@@ -40,7 +40,8 @@ TRAIN, TEST = 13, 8  # 13 with a global batch of 4: the last batch has one examp
 CELL_TOLERANCE = 100.0 / TEST  # one test example
 RUN = ["run", "--method", "slao", "--model", "tiny-random", "--benchmark", "jsonl", "--tasks", ",".join(TASKS),
        "--set", "train.batch_size=4", "--set", "train.grad_accum=2", "--set", "train.lr=2e-2",
-       "--set", "train.epochs=2", "--set", "lora.dropout=0", "--set", "eval.max_new_tokens=3"]
+       "--set", "train.epochs=2", "--set", "lora.dropout=0", "--set", "eval.max_new_tokens=3",
+       "--set", "eval.zero_shot=true"]
 
 
 def _write_tasks(folder: Path) -> Path:
@@ -65,7 +66,7 @@ def runs(tmp_path_factory):
     env.pop("WORLD_SIZE", None)
     torchrun = Path(sys.executable).with_name("torchrun")
     two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "slao", *args,
-                          "--set", "eval.zero_shot=true", "--zero-shot-cache", str(root / "zero-shot"),
+                          "--zero-shot-cache", str(root / "zero-shot"),
                           "--output", str(root / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     # The single-process reference runs in this process (no second start-up of torch).
@@ -204,7 +205,7 @@ def test_two_processes_share_the_main_ones_cached_zero_shot_answers(runs, tmp_pa
     env.pop("WORLD_SIZE", None)
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     args = [*RUN, "--data-dir", str(data), "--tasks", "alpha,beta", "--set", "train.epochs=1",
-            "--set", "eval.zero_shot=true", "--zero-shot-cache", str(cache), "--output", str(tmp_path / "again")]
+            "--zero-shot-cache", str(cache), "--output", str(tmp_path / "again")]
     again = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "slao", *args],
                            capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
