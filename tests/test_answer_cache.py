@@ -11,9 +11,9 @@ import pytest
 import slao.harness
 from jsonl_tasks import write_jsonl_tasks
 from slao.cli import main
-from slao.compare import ZERO_SHOT_DIR
 from slao.config import build_config
 from slao.evaluate import AnswerCache
+from slao.launch import ZERO_SHOT_DIR
 from slao.tasks import load_benchmark
 
 TASKS = "alpha,beta,gamma"

@@ -23,7 +23,6 @@ from slao.variants import (  # noqa: F401 - parse_methods and split_methods re-e
 )
 
 BOOTSTRAP_REPLICATES = 2000
-ZERO_SHOT_DIR = "zero-shot"  # <comparison>/zero-shot/: the base model's answers, shared by its runs (AnswerCache)
 
 
 # -- parsing and validation (the --methods grammar lives in slao.variants) ------------------------
@@ -291,7 +290,7 @@ def run_comparison(cfg, methods: Sequence[str], seeds: Sequence[int], out: str |
     process, each a resumable ``slao run`` on its folder; then they are gathered as ``collect`` does. A
     cell that fails does not stop the others; the result's ``failed`` lists it, with its log."""
     from slao.harness import run_experiment
-    from slao.launch import CellsFailed, failure_message
+    from slao.launch import ZERO_SHOT_DIR, CellsFailed, failure_message
     from slao.methods import get_method
     from slao.tasks import resolve_task_names
 

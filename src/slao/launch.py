@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from slao.compare import ZERO_SHOT_DIR
 from slao.errors import ConfigError, SlaoError
 
 LAUNCHERS = ("sequential", "local", "slurm")
 LAUNCH_DIR = "launch"  # <comparison>/launch/: each cell's config and log, submitit's files
+ZERO_SHOT_DIR = "zero-shot"  # <comparison>/zero-shot/: the base model's answers, shared by its runs (AnswerCache)
 
 
 class Cell(NamedTuple):
