@@ -129,3 +129,17 @@ def test_a_time_column_says_how_many_runs_it_covers_when_older_runs_lack_it():
     row = next(line for line in comparison_table(comp).splitlines() if line.startswith("slao"))
     assert "  2.0 (1 of 2 runs)  " in row  # method s: one run's total
     assert "  4.5 ± 0.0  " in row and row.count(" of 2 runs") == 1  # train s: both runs have it
+
+
+def test_the_paired_table_names_the_better_method():
+    from slao.tables import paired_rows
+
+    def iv(diff, lo, hi):
+        return {"diff": diff, "lo": lo, "hi": hi, "separated": lo > 0 or hi < 0, "detectable": 3.0}
+
+    pairs = {"pairs": {"a vs b": {"x": "slao", "y": "mtl", "aa": iv(-7.7, -10.8, -4.5)},
+                       "a vs c": {"x": "slao", "y": "lorm-ab", "aa": iv(7.7, 4.9, 10.6)},
+                       "a vs d": {"x": "slao", "y": "magmax", "aa": iv(1.7, -2.9, 5.6)}}}
+    _, rows = paired_rows(pairs)
+    assert [r[0] for r in rows] == ["slao − mtl", "slao − lorm-ab", "slao − magmax"]
+    assert [r[-1] for r in rows] == ["mtl better", "slao better", "none detected (±3.0)"]

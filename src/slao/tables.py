@@ -118,7 +118,7 @@ def paired_rows(paired: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for pair in paired.get("pairs", {}).values():
         aa = pair["aa"]
-        word = "n/a" if aa is None else (("x better" if aa["diff"] > 0 else "y better") if aa["separated"]
+        word = "n/a" if aa is None else (f"{pair['x'] if aa['diff'] > 0 else pair['y']} better" if aa["separated"]
                                          else f"none detected (±{aa['detectable']:.1f})")
         rows.append([f"{pair['x']} − {pair['y']}"] + [format_interval(pair.get(k)) for k in PAIRED] + [word])
     return head, rows
