@@ -286,7 +286,7 @@ class Run:
         with self.adapter.model.disable_adapter():
             scores = []
             for j, task in enumerate(self.tasks):
-                answers = cache.get(self.test_prompts[j]) if cache else None
+                answers = cache.get(self.test_prompts[j]) if cache and self.acc.is_main_process else None
                 if self.acc.num_processes > 1:  # every process takes the main one's answer, or generates
                     answers = broadcast_object_list([answers])[0]
                 if answers is None:
