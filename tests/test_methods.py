@@ -70,7 +70,8 @@ class FakeData:
         tasks = {"current": [self.i], "seen": range(1, self.i + 1), "previous": range(1, self.i)}[which]
         return [x for t in tasks for x in self.task_examples(t)]
 
-    def layer_inputs(self, which: str = "current", max_examples=None, adapter=True, layers=None):
+    def layer_inputs(self, which: str = "current", max_examples=None, adapter=True, layers=None,
+                     per_sequence_max=False):
         tasks = {"current": [self.i], "seen": range(1, self.i + 1), "previous": range(1, self.i)}[which]
         sums, count = {}, 0
         for t in tasks:

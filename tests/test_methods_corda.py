@@ -118,6 +118,50 @@ def test_kpm_matches_peft_corda(tmp_path, monkeypatch):
     assert torch.allclose(residual, W.double() - S * B0 @ A0, atol=1e-5)
 
 
+def test_covariance_matches_peft_corda(tmp_path, monkeypatch):
+    """PEFT's own covariance collection (preprocess_corda, one sequence per forward call, as its hook
+    assumes) on the tiny model equals ``layer_inputs(per_sequence_max=True)``, which CorDA uses: the scale of
+    C sets how a component is split between A0 and B0, so it must be PEFT's and not a token sum."""
+    try:
+        import attr  # noqa: F401
+    except ImportError:
+        monkeypatch.setitem(sys.modules, "attr", types.SimpleNamespace(dataclass=dataclasses.dataclass))
+    from peft import LoraConfig
+    from peft.tuners.lora.config import CordaConfig
+    from peft.tuners.lora.corda import preprocess_corda
+
+    from slao.config import LoraSettings
+    from slao.encoding import Encoded
+    from slao.lora import LoraAdapter
+    from slao.models import load_model
+    from slao.taskdata import TaskData
+
+    gen = torch.Generator().manual_seed(3)
+    examples = [Encoded(torch.randint(5, 200, (n,), generator=gen).tolist(), [7, 8]) for n in (4, 11, 6)]
+    plain, _ = load_model("tiny-random", seed=0)
+    plain.eval()
+    cov_file = tmp_path / "cov.pt"
+    cfg = LoraConfig(r=R, target_modules=["q_proj", "v_proj"], init_lora_weights="corda",
+                     corda_config=CordaConfig(covariance_file=str(cov_file), corda_method="kpm"))
+
+    def run_model():
+        with torch.no_grad():
+            for e in examples:
+                plain(input_ids=torch.tensor([e.prompt + e.answer]))
+
+    preprocess_corda(plain, cfg, run_model=run_model)
+    peft_covs = torch.load(cov_file, weights_only=True)  # written by PEFT in this test
+
+    model, tok = load_model("tiny-random", seed=0)
+    data = TaskData(LoraAdapter(model, LoraSettings()), torch.device("cpu"), [examples, examples], 2,
+                    tok.pad_token_id, batch_size=2)
+    ours, _ = data.layer_inputs("previous", adapter=False, per_sequence_max=True)
+    assert len(peft_covs) == len(ours)
+    for name, C in peft_covs.items():
+        mine = next(v for n, v in ours.items() if n.endswith(name))
+        assert torch.allclose(mine.float(), C.float(), rtol=1e-3, atol=1e-5), name
+
+
 # -- the init and the hooks ---------------------------------------------------------------------------
 class Data:
     """Task data with the base weights, the scale and fixed earlier-task covariances."""
@@ -130,8 +174,9 @@ class Data:
     def base_weights(self):
         return self.weights
 
-    def layer_inputs(self, which="current", max_examples=None, adapter=True, layers=None):
-        assert which == "previous"
+    def layer_inputs(self, which="current", max_examples=None, adapter=True, layers=None,
+                     per_sequence_max=False):
+        assert which == "previous" and per_sequence_max  # PEFT's covariance (tests/test_taskdata.py)
         return {n: spd(n_in, seed=10 + k) for k, (n, (_, n_in)) in enumerate(SHAPES.items())}, 60
 
 
@@ -169,7 +214,7 @@ def test_init_leaves_the_model_unchanged_and_trains_the_smallest_components(weig
     m.after_task(1, trained1, Data(1, BASE))
     init = m.init_lora(2, random_lora(3), Data(2, BASE))
     assert m.frozen_rank(2) == 2 * R  # the first task's r components and the r frozen copies
-    covs, _ = Data(2, BASE).layer_inputs("previous")
+    covs, _ = Data(2, BASE).layer_inputs("previous", per_sequence_max=True)
     for n, (A, B) in init.items():
         assert A.shape[0] == B.shape[1] == 3 * R
         old_A, old_B = trained1[n]

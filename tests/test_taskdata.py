@@ -44,6 +44,25 @@ def test_layer_inputs_are_the_real_tokens_inputs():
     assert n == len(seqs[0]) and torch.allclose(capped[name], X1.T @ X1, atol=1e-4, rtol=1e-4)
 
 
+def test_per_sequence_max_is_peft_corda_covariance():
+    # each example's inputs divided by |max| (the largest entry), X^T X averaged over examples; batching and
+    # padding do not enter (batch_size=2 pads the shorter of each pair)
+    adapter, tasks, pad = adapter_and_data()
+    data = TaskData(adapter, torch.device("cpu"), tasks, 1, pad, max_examples=256, batch_size=2)
+    covs, tokens = data.layer_inputs("current", per_sequence_max=True)
+    seqs = [e.prompt + e.answer for e in tasks[0]]
+    assert tokens == sum(len(s) for s in seqs)
+    expected = 0
+    for s in seqs:
+        X = first_layer_inputs(adapter, [s])
+        X = X / X.max().abs()
+        expected = expected + X.T @ X / len(seqs)
+    name = next(n for n in covs if n.endswith("layers.0.self_attn.q_proj"))
+    assert torch.allclose(covs[name], expected, atol=1e-5, rtol=1e-4)
+    summed, _ = data.layer_inputs("current")
+    assert not torch.allclose(summed[name], covs[name], rtol=0.1)  # the plain token sum is another matrix
+
+
 def test_which_examples_and_adapter_switch():
     adapter, tasks, pad = adapter_and_data()
     second = TaskData(adapter, torch.device("cpu"), tasks, 2, pad)

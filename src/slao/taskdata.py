@@ -70,10 +70,16 @@ class TaskData:
             yield tuple(t.to(self.device) for t in training_batch(items[k : k + self.batch_size], self.pad_id))
 
     def layer_inputs(self, which: str = "current", max_examples: int | None = None, adapter: bool = True,
-                     layers: list[str] | None = None) -> tuple[dict[str, torch.Tensor], int]:
+                     layers: list[str] | None = None,
+                     per_sequence_max: bool = False) -> tuple[dict[str, torch.Tensor], int]:
         """Each LoRA layer's input covariance over the real (unpadded) tokens of the examples:
         {layer: sum_tokens x x^T (in, in), float64}, and the number of tokens summed. With ``adapter=False``
-        the base model alone runs (the LoRA switched off)."""
+        the base model alone runs (the LoRA switched off).
+
+        ``per_sequence_max`` gives PEFT's CorDA covariance instead (peft/tuners/lora/corda.py,
+        ``calib_cov_distribution``, whose hook sees one sequence per call): each example's inputs X are
+        divided by |max X| (the largest entry, as PEFT takes it), and the mean over examples of X^T X is
+        returned. Its overall scale is what sets how CorDA splits a component between A and B."""
         targets = self.adapter.base_layers()
         if layers is not None:
             targets = {n: targets[n] for n in layers}
@@ -82,14 +88,23 @@ class TaskData:
 
         def hook(name):
             def collect(module, args):
-                x = args[0].detach().to(torch.float64)[current["mask"]]  # (real tokens, in)
-                sums[name] += (x.T @ x).cpu()
+                x = args[0].detach().to(torch.float64)
+                if not per_sequence_max:
+                    x = x[current["mask"]]  # (real tokens, in)
+                    sums[name] += (x.T @ x).cpu()
+                    return
+                for row, keep in zip(x, current["mask"]):
+                    row = row[keep]  # this example's real tokens
+                    top = row.max().abs()
+                    if top > 0:
+                        row = row / top
+                    sums[name] += (row.T @ row).cpu()
             return collect
 
         model = self.adapter.model
         handles = [m.register_forward_pre_hook(hook(n)) for n, m in targets.items()]
         was_training = model.training
-        tokens = 0
+        tokens = sequences = 0
         try:
             model.eval()
             with torch.no_grad(), (model.disable_adapter() if not adapter else _null()):
@@ -97,10 +112,13 @@ class TaskData:
                     current["mask"] = mask.bool()
                     model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
                     tokens += int(mask.sum())
+                    sequences += int(ids.shape[0])
         finally:
             for h in handles:
                 h.remove()
             model.train(was_training)
+        if per_sequence_max and sequences:
+            sums = {n: C / sequences for n, C in sums.items()}
         return sums, tokens
 
 

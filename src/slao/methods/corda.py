@@ -38,9 +38,14 @@ Choices the paper leaves open (for continual learning; CorDA is a single-task me
   stands before task i, W0 + s B A of the deployed LoRA, which is what a PEFT user gets by merging each
   task's adapter and running CorDA on the merged model, and what the covariance was collected with; or
   ``base``, the frozen pre-trained W0 alone.
-- The covariance is the token-summed x x^T over real tokens; PEFT rescales each forward call's inputs by
-  their maximum before summing (its hook assumes one sequence per call) and averages over calls. Only the
-  relative weight of the examples differs: the decomposition is invariant to the overall scale of C.
+- The covariance is PEFT's: each example's inputs X (its real tokens) divided by |max X|, and the mean over
+  examples of X^T X (PEFT's hook sees one sequence per forward call; ``layer_inputs(per_sequence_max=True)``).
+  The product s B0 A0 does not depend on the overall scale of C, but the split between the factors does:
+  scaling C by c scales A0 by 1/sqrt(c) and B0 by sqrt(c). Earlier versions of slao summed x x^T over
+  all tokens unnormalised: c = (examples) x (max activation)^2, about 100 to 15,000 on SmolLM2 (96 to 256
+  earlier examples; per-sequence maxima 1.1 in layer 0 to 7.6 in layer 29), so B0 was 10 to 120 times
+  larger than PEFT makes it and A0 as much smaller, and an optimiser step on A moved the model that much
+  further. Those runs collapsed from the third task on (docs/results.md).
 - Arithmetic in float64 on the CPU (PEFT: float32 on the model's device).
 - With fewer than r components (min(out, in) < r) the missing ones are zero.
 """
@@ -128,7 +133,7 @@ class CordaMethod(Method):
             return default
         data = needs_data(data, self.name)
         weights, scale = data.base_weights(), data.scaling
-        covs, tokens = data.layer_inputs("previous")
+        covs, tokens = data.layer_inputs("previous", per_sequence_max=True)
         self.context = {"covariance_bytes": sum(C.numel() * C.element_size() for C in covs.values()),
                         "covariance_tokens": tokens}
         pairs = {}
