@@ -93,7 +93,7 @@ class TaskData:
                     x = x[current["mask"]]  # (real tokens, in)
                     sums[name] += (x.T @ x).cpu()
                     return
-                for row, keep in zip(x, current["mask"]):
+                for row, keep in zip(x, current["mask"], strict=True):
                     row = row[keep]  # this example's real tokens
                     top = row.max().abs()
                     if top > 0:
