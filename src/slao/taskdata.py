@@ -88,17 +88,12 @@ class TaskData:
 
         def hook(name):
             def collect(module, args):
-                x = args[0].detach().to(torch.float64)
-                if not per_sequence_max:
-                    x = x[current["mask"]]  # (real tokens, in)
-                    sums[name] += (x.T @ x).cpu()
-                    return
-                for row, keep in zip(x, current["mask"], strict=True):
-                    row = row[keep]  # this example's real tokens
-                    top = row.max().abs()
-                    if top > 0:
-                        row = row / top
-                    sums[name] += (row.T @ row).cpu()
+                x, mask = args[0].detach().to(torch.float64), current["mask"]
+                if per_sequence_max:  # each example over |its largest real entry|, as PEFT's hook takes it
+                    top = x.masked_fill(~mask[..., None], -torch.inf).amax(dim=(1, 2)).abs()
+                    x = x / torch.where(top > 0, top, 1.0)[:, None, None]
+                x = x[mask]  # (real tokens, in)
+                sums[name] += (x.T @ x).cpu()
             return collect
 
         model = self.adapter.model
