@@ -247,7 +247,7 @@ def test_grid_over_orders_layout_and_order_robustness(tmp_path):
     assert rob["mopd"] == pytest.approx(9.0) and rob["aopd"] == pytest.approx(8.0)
     assert comp["methods"]["seq-lora"]["order_robustness"]["mopd"] == pytest.approx(8.0)
     md = (tmp_path / "comparison.md").read_text()
-    assert "## Order robustness" in md and "| slao | 9.0 | 8.0 | bbc-topic (9.0) |" in md
+    assert "## Order robustness" in md and "| slao | 9.0 | 8.0 | bbc-topic (9.0) | 0, 1 |" in md
     assert len(comp["paired"]["units"]) == 4  # (order, seed) pairs
     # identical per-example scores for both methods: a zero-width interval at zero, no difference detected
     aa = comp["paired"]["pairs"]["slao vs seq-lora"]["aa"]
@@ -271,6 +271,22 @@ def test_grid_over_orders_layout_and_order_robustness(tmp_path):
     assert ", order 1;" in comparison_markdown({**again, "orders": [1]})
     assert ", orders 1, 2;" in md and "; seeds 0, 1 (" in md
     assert "; seed 0 (" in comparison_markdown({**again, "seeds": [0]})
+
+
+def test_order_robustness_uses_only_the_seeds_every_order_has():
+    from slao.compare import order_robustness
+
+    tasks = ["a", "b"]
+    order1 = [_order_results("x", 0, 1, tasks, {"a": 80.0, "b": 60.0}),
+              _order_results("x", 1, 1, tasks, {"a": 40.0, "b": 20.0})]
+    order2 = [_order_results("x", 0, 2, tasks[::-1], {"a": 70.0, "b": 66.0})]
+    rob = order_robustness({1: order1, 2: order2})
+    # seed 1 has no order-2 run: it stays out, or its 40-point seed gap would count as order spread
+    assert rob["seeds"] == [0] and rob["opd"] == {"a": pytest.approx(10.0), "b": pytest.approx(6.0)}
+    assert rob["mopd"] == pytest.approx(10.0) and rob["aopd"] == pytest.approx(8.0)
+    disjoint = order_robustness({1: order1[1:], 2: order2})
+    assert disjoint["mopd"] is None and disjoint["seeds"] == []
+    assert order_robustness({1: order1})["mopd"] is None
 
 
 def test_runs_scored_on_different_examples_are_refused():

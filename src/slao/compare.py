@@ -112,20 +112,27 @@ def aggregate_method(runs: Sequence[dict]) -> dict:
 
 
 def order_robustness(by_order: dict) -> dict:
-    """Per task (by name) its final score under each order, mean over seeds; then OPD, MOPD and AOPD."""
+    """Per task (by name) its final score under each order, mean over seeds; then OPD, MOPD and AOPD.
+
+    Only the seeds run under every order enter: a grid filled in pieces may hold three seeds of one order
+    and one of the other, and a mean over different seeds would count seed noise as order spread."""
     if len(by_order) < 2:
-        return {"opd": None, "mopd": None, "aopd": None}
+        return {"opd": None, "mopd": None, "aopd": None, "seeds": []}
+    seeds = sorted(set.intersection(*({r["seed"] for r in runs} for runs in by_order.values())))
+    if not seeds:
+        return {"opd": None, "mopd": None, "aopd": None, "seeds": []}
     finals = {}
     for order, runs in by_order.items():
         per_task: dict[str, list[float]] = {}
-        for r in runs:
+        for r in (r for r in runs if r["seed"] in seeds):
             for name, v in zip(r["tasks"], r["accuracy"][-1], strict=True):
                 if v is not None:
                     per_task.setdefault(name, []).append(v)
         finals[order] = {name: sum(v) / len(v) for name, v in per_task.items()}
     names = sorted(set.intersection(*(set(f) for f in finals.values())))
     spread = order_spread([[finals[o][n] for n in names] for o in sorted(finals)])
-    return {**spread, "tasks": names, "opd": dict(zip(names, spread["opd"], strict=True)) if names else None}
+    return {**spread, "tasks": names, "seeds": seeds,
+            "opd": dict(zip(names, spread["opd"], strict=True)) if names else None}
 
 
 def paired_comparisons(runs: dict[str, Sequence[dict]], replicates: int = BOOTSTRAP_REPLICATES,

@@ -161,14 +161,15 @@ def mcnemar_rows(paired: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def order_rows(comp: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["method", "MOPD", "AOPD", "widest task"]
+    head = ["method", "MOPD", "AOPD", "widest task", "seeds"]
     rows = []
     for name, e in comp["methods"].items():
         rob = e.get("order_robustness") or {}
         opd = rob.get("opd") or {}
         widest = max(opd, key=opd.get) if opd else None
         rows.append([name, _num(rob.get("mopd")), _num(rob.get("aopd")),
-                     "n/a" if widest is None else f"{widest} ({opd[widest]:.1f})"])
+                     "n/a" if widest is None else f"{widest} ({opd[widest]:.1f})",
+                     ", ".join(map(str, rob.get("seeds") or [])) or "n/a"])
     return head, rows
 
 
@@ -230,7 +231,8 @@ def comparison_markdown(comp: dict) -> str:
                   "outside training (its statistics, init and merge).", ""]
     if _has_spreads(comp):
         lines += ["## Order robustness", "", "Per task the spread (max − min over orders) of its final score, "
-                  "mean over seeds; MOPD the largest spread, AOPD the mean.", ""]
+                  "mean over the seeds run under every order (the last column); MOPD the largest spread, AOPD the "
+                  "mean.", ""]
         lines += markdown(*order_rows(comp)) + [""]
     lines += ["## Paired comparisons", ""] + _paired_section(comp, markdown)
     return "\n".join(lines) + "\n"
