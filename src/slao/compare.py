@@ -116,9 +116,8 @@ def order_robustness(by_order: dict) -> dict:
 
     Only the seeds run under every order enter: a grid filled in pieces may hold three seeds of one order
     and one of the other, and a mean over different seeds would count seed noise as order spread."""
-    if len(by_order) < 2:
-        return {"opd": None, "mopd": None, "aopd": None, "seeds": []}
-    seeds = sorted(set.intersection(*({r["seed"] for r in runs} for runs in by_order.values())))
+    seeds = (sorted(set.intersection(*({r["seed"] for r in runs} for runs in by_order.values())))
+             if len(by_order) > 1 else [])
     if not seeds:
         return {"opd": None, "mopd": None, "aopd": None, "seeds": []}
     finals = {}
