@@ -153,12 +153,33 @@ def test_cli_writes_the_ledger_and_refuses_a_folder_without_slao(tmp_path, capsy
         read_runs(tmp_path / "missing")
 
 
-def test_the_best_baseline_names_its_run_count_when_it_has_fewer_runs(tmp_path):
+def test_the_means_are_over_the_runs_both_sides_have(tmp_path):
     _write(tmp_path, "slao", 0.6)
     _write(tmp_path, "seq-lora", 0.5)
     _write(tmp_path, "inc-lora", 0.55, seeds=(0,))
     ours = _claim(ledger(read_runs(tmp_path), replicates=200), "data-free")["ours"]
-    assert ours.endswith("best baseline inc-lora 55.0 (1 run against SLAO's 3)")
+    # seeds shift one example each: SLAO's seed 0 alone is 60.0, its three seeds 62.5
+    assert ours == "SLAO 60.0; best baseline inc-lora 55.0 (over the 1 run both have; SLAO has 3)"
     _write(tmp_path, "inc-lora", 0.55, seeds=(1, 2))
     ours = _claim(ledger(read_runs(tmp_path), replicates=200), "data-free")["ours"]
-    assert ours.endswith("best baseline inc-lora 57.5")  # seeds shift one example each
+    assert ours == "SLAO 62.5; best baseline inc-lora 57.5"
+
+
+def test_a_second_order_of_slao_alone_leaves_the_other_means_on_the_first(tmp_path):
+    for label, q in (("slao", 0.6), ("mtl", 0.7), ("seq-lora", 0.5), ("slao(init=merged)", 0.55),
+                     ("slao(init=random)", 0.3)):
+        _write(tmp_path, label, q)
+    for s in SEEDS:  # order 2 of SLAO and the merged init only: 20 points higher, not paired with the rest
+        for label, q in (("slao", 0.8), ("slao(init=merged)", 0.75)):
+            path = tmp_path / label.replace("(", "+").replace(")", "") / "order-2" / f"seed-{s}"
+            path.mkdir(parents=True)
+            (path / "results.json").write_text(json.dumps(_results(label, s, q, order=2)))
+            (path / "config.yaml").write_text(yaml.safe_dump({"seed": s, "order": 2,
+                                                              "method": {"name": "slao"}, "train": {"lr": 1e-3}}))
+    led = ledger(read_runs(tmp_path), replicates=200)
+    assert _claim(led, "mtl")["ours"] == "SLAO 62.5, MTL 72.5 (over the 3 runs both have; SLAO has 6)"
+    assert "means over the 3 runs all three have" in " ".join(_claim(led, "mtl")["evidence"])
+    assert "SLAO closes 50%" in " ".join(_claim(led, "mtl")["evidence"])  # (62.5-52.5)/(72.5-52.5)
+    # the merged init has both orders, the random one only order 1: each pair over its own runs
+    assert _claim(led, "init")["ours"] == ("SLAO 72.5, merged 67.5; SLAO 62.5, random 32.5 "
+                                           "(over the 3 runs both have; SLAO has 6)")

@@ -99,12 +99,30 @@ def _mean_aa(rs: Sequence[dict]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _best(names: Sequence[str], aa: dict, runs: dict[str, list[dict]]) -> str:
-    """The highest mean AA among ``names``, with its run count where it differs from SLAO's (means over
-    fewer seeds are not like for like; the paired intervals are)."""
-    best = max(names, key=lambda n: aa[n])
-    n, m = len(runs[best]), len(runs["slao"])
-    return f"{best} {aa[best]:.1f}" + (f" ({n} run{'s' * (n != 1)} against SLAO's {m})" if n != m else "")
+def _unit(r: dict) -> tuple:
+    return (r.get("order"), r["seed"])
+
+
+def _shared_means(runs: dict[str, list[dict]], names: Sequence[str]) -> tuple[list[float | None], int]:
+    """Each method's mean AA over the (order, seed) runs all of ``names`` have, and how many those are: a
+    grid filled in pieces holds more runs of one method than of another, and means over unlike runs (another
+    task order, other seeds) are not like for like. The paired intervals use the same runs."""
+    shared = set.intersection(*({_unit(r) for r in runs[n]} for n in names))
+    return [_mean_aa([r for r in runs[n] if _unit(r) in shared]) for n in names], len(shared)
+
+
+def _fewer(n: int, runs: dict[str, list[dict]]) -> str:
+    m = len(runs["slao"])
+    return "" if n == m else f" (over the {n} run{'s' * (n != 1)} both have; SLAO has {m})"
+
+
+def _best(names: Sequence[str], runs: dict[str, list[dict]]) -> str:
+    """The baseline closest to SLAO (or furthest above it) on the runs each shares with SLAO, with both
+    means over those runs."""
+    means = {n: _shared_means(runs, ["slao", n]) for n in names}
+    best = max(names, key=lambda n: (means[n][0][1] or 0.0) - (means[n][0][0] or 0.0))
+    (sx, sy), n = means[best]
+    return f"SLAO {sx:.1f}; best baseline {best} {sy:.1f}" + _fewer(n, runs)
 
 
 def _all_better(claim: dict, pairs: list[tuple[str, dict | None]], missing: list[str]) -> dict:
@@ -137,6 +155,22 @@ def _all_better(claim: dict, pairs: list[tuple[str, dict | None]], missing: list
     return {**claim, "verdict": verdict}
 
 
+def _pair_means(runs: dict[str, list[dict]], y: str, name: str) -> str:
+    (sx, sy), n = _shared_means(runs, ["slao", y])
+    return "no run in common with SLAO" if not n else f"SLAO {sx:.1f}, {name} {sy:.1f}" + _fewer(n, runs)
+
+
+def _init_means(runs: dict[str, list[dict]], have: Sequence[str]) -> str:
+    """SLAO and each init variant, over the runs all of them share; pair by pair where those differ."""
+    if not have:
+        return f"SLAO {_mean_aa(runs['slao']):.1f}"
+    means, n = _shared_means(runs, ["slao", *have])
+    if n and all(_shared_means(runs, ["slao", v])[1] == n for v in have):
+        return ", ".join([f"SLAO {means[0]:.1f}"] + [f"{method_spec(v)[1]['init']} {m:.1f}"
+                                                     for v, m in zip(have, means[1:], strict=True)]) + _fewer(n, runs)
+    return "; ".join(_pair_means(runs, v, method_spec(v)[1]["init"]) for v in have)
+
+
 def ledger(runs: dict[str, list[dict]], replicates: int = BOOTSTRAP_REPLICATES,
            mtl_margin: float | None = None) -> dict:
     """The five claims with the paper's number, ours, the paired interval and a verdict each."""
@@ -149,7 +183,6 @@ def ledger(runs: dict[str, list[dict]], replicates: int = BOOTSTRAP_REPLICATES,
     slao = runs["slao"]
     benchmark = slao[0].get("benchmark")
     paper = PAPER_AA.get(benchmark)
-    aa = {name: _mean_aa(rs) for name, rs in runs.items()}
     claims = []
 
     # 1. every data-free baseline, on AA (oracles and multi-task training are bounds, not baselines)
@@ -159,7 +192,7 @@ def ledger(runs: dict[str, list[dict]], replicates: int = BOOTSTRAP_REPLICATES,
     claim = {"id": "data-free", "claim": "SLAO beats every data-free baseline on AA", "evidence": [],
              "paper": (f"SLAO {paper[0]}" if paper else "n/a")
              + (f", sequential LoRA {PAPER_SEQ_LORA[benchmark]}" if benchmark in PAPER_SEQ_LORA else ""),
-             "ours": f"SLAO {aa['slao']:.1f}" + (f"; best baseline {_best(present, aa, runs)}" if present else "")}
+             "ours": _best(present, runs) if present else f"SLAO {_mean_aa(slao):.1f}"}
     claims.append(_all_better(claim, [(y, _pair(runs, "slao", y, replicates)) for y in present],
                               [n for n in baselines if n not in runs]))
 
@@ -168,7 +201,7 @@ def ledger(runs: dict[str, list[dict]], replicates: int = BOOTSTRAP_REPLICATES,
     iv = _pair(runs, "slao", "mtl", replicates)
     claim = {"id": "mtl", "claim": "SLAO comes close to multi-task training (within the margin below, on AA)",
              "paper": f"SLAO {paper[0]}, MTL {paper[1]} (gap {paper[1] - paper[0]:.1f})" if paper else "n/a",
-             "ours": (f"SLAO {aa['slao']:.1f}, MTL {aa['mtl']:.1f}" if "mtl" in runs else "MTL not run"),
+             "ours": _pair_means(runs, "mtl", "MTL") if "mtl" in runs else "MTL not run",
              "interval": f"slao − mtl: {_interval(iv)}", "evidence": []}
     if iv is None or margin is None:
         claim["verdict"] = "not tested (" + ("no mtl runs" if iv is None else "no margin: give --mtl-margin") + ")"
@@ -180,16 +213,18 @@ def ledger(runs: dict[str, list[dict]], replicates: int = BOOTSTRAP_REPLICATES,
         claim["evidence"].append(f"margin {margin:.1f} points" + (" (the paper's gap on this benchmark)"
                                                                    if mtl_margin is None else " (given)")
                                  + f"; {_runs_note(iv)}")
-        seq = "seq-lora"
-        if seq in runs and aa.get(seq) is not None and aa["mtl"] != aa[seq]:
-            closed = (aa["slao"] - aa[seq]) / (aa["mtl"] - aa[seq])
-            claim["evidence"].append(f"SLAO closes {100 * closed:.0f}% of sequential LoRA's gap to MTL (means)")
+        if "seq-lora" in runs:
+            (s_aa, seq_aa, mtl_aa), n = _shared_means(runs, ["slao", "seq-lora", "mtl"])
+            if n and None not in (s_aa, seq_aa, mtl_aa) and mtl_aa != seq_aa:
+                closed = (s_aa - seq_aa) / (mtl_aa - seq_aa)
+                claim["evidence"].append(f"SLAO closes {100 * closed:.0f}% of sequential LoRA's gap to MTL "
+                                         f"(means over the {n} runs all three have)")
     claims.append(claim)
 
     # 3. the asymmetric merge (A replaced, B interpolated) against merging A and B alike
     claim = {"id": "asymmetric", "claim": "the asymmetric merge beats treating A and B alike",
              "paper": "stated as better (its ablation; numbers not in design.md)",
-             "ours": (f"SLAO {aa['slao']:.1f}, A and B alike {aa[ASYMMETRIC_OFF]:.1f}"
+             "ours": (_pair_means(runs, ASYMMETRIC_OFF, "A and B alike")
                       if ASYMMETRIC_OFF in runs else "variant not run"), "evidence": []}
     claims.append(_all_better(claim, [(ASYMMETRIC_OFF, _pair(runs, "slao", ASYMMETRIC_OFF, replicates))]
                               if ASYMMETRIC_OFF in runs else [], [] if ASYMMETRIC_OFF in runs else [ASYMMETRIC_OFF]))
@@ -198,8 +233,7 @@ def ledger(runs: dict[str, list[dict]], replicates: int = BOOTSTRAP_REPLICATES,
     have = [v for v in INIT_VARIANTS if v in runs]
     claim = {"id": "init", "claim": "initialising from the last fine-tuned LoRA beats the merged and a random one",
              "paper": "stated as better (its ablation; numbers not in design.md)",
-             "ours": ", ".join([f"SLAO {aa['slao']:.1f}"] + [f"{method_spec(v)[1]['init']} {aa[v]:.1f}"
-                                                             for v in have]), "evidence": []}
+             "ours": _init_means(runs, have), "evidence": []}
     claims.append(_all_better(claim, [(v, _pair(runs, "slao", v, replicates)) for v in have],
                               [v for v in INIT_VARIANTS if v not in runs]))
 

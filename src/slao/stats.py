@@ -63,6 +63,11 @@ def _task_sizes(unit, method_scores: dict) -> list[int | None]:
     return sizes
 
 
+def _unit_key(unit) -> tuple:
+    parts = unit if isinstance(unit, tuple) else (unit,)
+    return tuple((v is not None, v if v is not None else 0) for v in parts)
+
+
 def bootstrap_metrics(method_scores: dict[str, dict], groups: dict, *, replicates: int = 2000, seed: int = 0,
                       zero_shot: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Replicates of every method's metrics under one shared resampling plan.
@@ -73,7 +78,9 @@ def bootstrap_metrics(method_scores: dict[str, dict], groups: dict, *, replicate
     undefined. Replicate 0 is the observed data (no resampling).
     """
     zero_shot = zero_shot or {}
-    units = sorted(groups)
+    # units are (order, seed); a run made without --orders has order None, which a folder may hold beside
+    # runs of a named order: those sort first, the rest in their natural order
+    units = sorted(groups, key=_unit_key)
     strata: dict = {}
     for unit in units:
         strata.setdefault(groups[unit], []).append(unit)
