@@ -357,6 +357,25 @@ def test_a_pair_is_compared_on_the_runs_both_methods_have():
     assert pair["units"] == [[None, 0]] and pair["aa"]["diff"] == 0.0 == pair["aa"]["lo"] == pair["aa"]["hi"]
 
 
+def test_the_table_says_when_methods_have_run_over_different_runs():
+    from slao.tables import comparison_markdown, comparison_table
+
+    tasks, final = ["a", "b"], {"a": 75.0, "b": 75.0}
+    x = [_order_results("x", s, o, tasks, final) for o in (1, 2) for s in (0, 1)]
+    y = [_order_results("y", s, 1, tasks, final) for s in (0, 1)]
+    z = [_order_results("z", s, 1, tasks, final) for s in (0, 1)]
+    comp = aggregate({"x": x, "y": y, "z": z}, {"orders": [1, 2], "seeds": [0, 1]})
+    note = ("The methods' means are over different runs (x: orders 1, 2, seeds 0, 1; every other method: "
+            "order 1, seeds 0, 1), so they are not like for like")
+    assert note in comparison_markdown(comp) and note in comparison_table(comp)
+    assert comp["paired"]["pairs"]["x vs y"]["units"] == [[1, 0], [1, 1]]
+    y.append(_order_results("y", 0, 2, tasks, final))  # a lone cell is listed as it is
+    uneven = comparison_markdown(aggregate({"x": x, "y": y}, {"orders": [1, 2], "seeds": [0, 1]}))
+    assert "(y: order 1 seed 0, order 1 seed 1, order 2 seed 0; x: orders 1, 2, seeds 0, 1)" in uneven
+    alike = aggregate({"y": y[:2], "z": z}, {"orders": [1, 2], "seeds": [0, 1]})
+    assert "not like for like" not in comparison_markdown(alike)
+
+
 def test_variants_of_a_method_run_as_their_own_rows(tmp_path):
     """--methods 'slao,slao(init=merged,schedule=0.5)': the variant runs the method with its own settings
     changed, into a folder a shell needs no quotes for, and is a row of its own in every table."""

@@ -196,6 +196,30 @@ def _header(comp: dict) -> str:
             f"({comp.get('runs_done')} of {comp.get('runs_total')} runs finished)." + _failed_note(comp))
 
 
+def _units_text(units: frozenset) -> str:
+    """(order, seed) runs in words: 'orders 1, 2, seeds 0, 1, 2' when they are every pair of the two."""
+    orders = sorted({o for o, _ in units}, key=str)
+    seeds = sorted({s for _, s in units})
+    if len(units) == len(orders) * len(seeds):
+        return (_counted("order", orders) + ", " if orders != [None] else "") + _counted("seed", seeds)
+    return ", ".join(f"order {o} seed {s}" if o is not None else f"seed {s}" for o, s in sorted(units, key=str))
+
+
+def unlike_runs_note(comp: dict) -> str:
+    """A sentence when the methods' means are over different (order, seed) runs (a grid filled in pieces):
+    those means are not like for like, the paired differences are. Empty when every method has the same."""
+    groups: dict[frozenset, list[str]] = {}
+    for name, e in comp["methods"].items():
+        groups.setdefault(frozenset(tuple(u) for u in e.get("units") or []), []).append(name)
+    if len(groups) < 2:
+        return ""
+    common = max(groups, key=lambda g: len(groups[g]))
+    parts = [f"{', '.join(names)}: {_units_text(g)}" for g, names in groups.items() if g != common]
+    parts.append(f"{'every other method' if len(groups[common]) > 1 else groups[common][0]}: {_units_text(common)}")
+    return ("The methods' means are over different runs (" + "; ".join(parts) + "), so they are not like for "
+            "like; the paired differences compare each pair on the runs both have.")
+
+
 def _failed_note(comp: dict) -> str:
     failed = comp.get("failed") or []
     if not failed:
@@ -229,6 +253,8 @@ def comparison_markdown(comp: dict) -> str:
                   "right after training on it) in points, mean ± sample std over runs (seeds, and orders where "
                   "there are several); times are totals per run in seconds, \"method s\" the method's own work "
                   "outside training (its statistics, init and merge).", ""]
+    if note := unlike_runs_note(comp):
+        lines += [note, ""]
     if _has_spreads(comp):
         lines += ["## Order robustness", "", "Per task the spread (max − min over orders) of its final score, "
                   "mean over the seeds run under every order (the last column); MOPD the largest spread, AOPD the "
@@ -243,6 +269,8 @@ def comparison_table(comp: dict) -> str:
     lines = ["comparison on " + _header(comp)]
     lines += aligned(*method_rows(comp))
     lines += ["metrics in points (mean ± sample std over runs); times are totals per run in seconds"]
+    if note := unlike_runs_note(comp):
+        lines += [note]
     if _has_spreads(comp):
         lines += ["order robustness:"] + aligned(*order_rows(comp))
     lines += ["paired comparisons:"] + _paired_section(comp, aligned)
