@@ -143,3 +143,30 @@ def test_the_paired_table_names_the_better_method():
     _, rows = paired_rows(pairs)
     assert [r[0] for r in rows] == ["slao − mtl", "slao − lorm-ab", "slao − magmax"]
     assert [r[-1] for r in rows] == ["mtl better", "slao better", "none detected (±3.0)"]
+
+
+def test_figures_of_a_grid_over_orders_keep_the_orders_apart(tmp_path, monkeypatch):
+    import slao.plots as plots
+
+    def run(method, seed, order, tasks, maker):
+        return {**maker(seed), "order": order, "tasks": tasks}
+
+    rev = TASKS[::-1]
+    runs = {"slao": [run("slao", s, o, TASKS if o == 1 else rev, _seq) for o in (1, 2) for s in (0, 1)],
+            "mtl": [run("mtl", s, 2, rev, _mtl) for s in (0, 1)]}  # mtl has run order 2 only
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append((path.name, fig)) or save(fig, path))
+    seen = []
+    draw_seen = plots.seen_average_figure
+    monkeypatch.setattr(plots, "seen_average_figure",
+                        lambda rs, title, path: seen.append(rs) or draw_seen(rs, title, path))
+    names = [p.name for p in plots.write_figures(runs, tmp_path, "tiny")]
+    # the tasks seen after the i-th one differ between orders: one seen-average figure per order
+    assert "seen-average.png" not in names
+    assert {"seen-average-order-1.png", "seen-average-order-2.png"} <= set(names)
+    assert [{r["order"] for rs in runs_of.values() for r in rs} for runs_of in seen] == [{1}, {2}]
+    assert {"accuracy-slao-order-1.png", "accuracy-slao-order-2.png", "accuracy-mtl.png"} <= set(names)
+    # time per task depends on the task: the cost figure draws order 1, and says where a method lacks it
+    cost = dict(drawn)["cost-vs-tasks.png"]
+    assert cost.axes[1].get_legend_handles_labels()[1] == ["slao", "mtl (order 2)"]

@@ -213,7 +213,8 @@ def _cumulative_seconds(r: dict) -> list[float | None]:
 def cost_figure(runs: dict[str, Sequence[dict]], title: str, path: Path) -> Path:
     """Two panels against the number of tasks learned: the state each method keeps (first run; sizes do
     not depend on the seed) and the cumulative seconds of training plus the method's own work (mean over
-    the runs of the first task order, since per-task times depend on which task it is)."""
+    the runs of the first task order, since per-task times depend on which task it is; a method without
+    runs of that order shows its own first order, and says which)."""
     tasks = _tasks(runs)
     T = len(tasks)
     fig = _figure(12.0, 4.6)
@@ -221,10 +222,13 @@ def cost_figure(runs: dict[str, Sequence[dict]], title: str, path: Path) -> Path
     sizes = {name: rs[0].get("adapter_state_bytes") or [None] * T for name, rs in runs.items() if rs}
     biggest = max((v for seq in sizes.values() for v in seq if v is not None), default=0)
     scale, unit = (1e6, "MB") if biggest >= 1e6 else (1e3, "KB")
+    first_order = (_orders(runs) or [None])[0]
     for k, (name, results) in enumerate(runs.items()):
         if not results:
             continue
-        first = [r for r in results if r.get("order") == results[0].get("order")]
+        order = first_order if any(r.get("order") == first_order for r in results) else results[0].get("order")
+        first = [r for r in results if r.get("order") == order]
+        label = name if order == first_order else f"{name} (order {order})"
         panels = [(left, [v / scale if v is not None else None for v in sizes[name]]),
                   (right, _mean_std([_cumulative_seconds(r) for r in first])[0])]
         for ax, seq in panels:
@@ -232,9 +236,9 @@ def cost_figure(runs: dict[str, Sequence[dict]], title: str, path: Path) -> Path
             xs, ys = [i + 1 for i in idx], [seq[i] for i in idx]
             big = max(4.0, 11.0 - 1.2 * k)  # earlier methods drawn bigger: identical curves leave a rim
             if len(idx) == 1:
-                ax.plot(xs, ys, marker="*", markersize=big + 5, linestyle="none", label=f"{name} (joint)")
+                ax.plot(xs, ys, marker="*", markersize=big + 5, linestyle="none", label=f"{label} (joint)")
             elif idx:
-                ax.plot(xs, ys, label=name, markersize=big, linewidth=max(1.0, 3.0 - 0.3 * k), **_style(k))
+                ax.plot(xs, ys, label=label, markersize=big, linewidth=max(1.0, 3.0 - 0.3 * k), **_style(k))
     for ax, ylabel in ((left, f"state kept between tasks ({unit})"),
                        (right, "training + method seconds, cumulative")):
         ax.set_xlim(0.6, T + 0.4)
@@ -294,6 +298,12 @@ def _tasks(runs: dict[str, Sequence[dict]]) -> list[str]:
     return []
 
 
+def _orders(runs: dict[str, Sequence[dict]]) -> list:
+    """The task orders the runs were made under, a run without one (None) first."""
+    found = {r.get("order") for rs in runs.values() for r in rs}
+    return sorted(found, key=lambda o: (o is not None, o if o is not None else 0))
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -301,7 +311,8 @@ def _safe(name: str) -> str:
 def write_figures(runs: dict[str, Sequence[dict]], folder: Path, context: str,
                   paired: dict | None = None) -> list[Path]:
     """The figures for the runs (method -> results of each seed) into ``folder``: a heatmap per method
-    (and order), the seen-task average, the adapter state, and the paired differences when given."""
+    (and order), the seen-task average (per order), the adapter state, memory and time against tasks, and
+    the paired differences when given."""
     folder = Path(folder)
     paths = []
     for name, results in runs.items():
@@ -316,8 +327,15 @@ def write_figures(runs: dict[str, Sequence[dict]], folder: Path, context: str,
             paths.append(accuracy_heatmap(mean_matrix([r["accuracy"] for r in group]), group[0]["tasks"],
                                           f"{name}: accuracy matrix ({which}{label})\n{context}",
                                           folder / f"accuracy-{_safe(name)}{tag}.png"))
-    paths.append(seen_average_figure(runs, f"Average accuracy on the tasks seen so far\n{context}",
-                                     folder / "seen-average.png"))
+    orders = _orders(runs)
+    if len(orders) <= 1:
+        paths.append(seen_average_figure(runs, f"Average accuracy on the tasks seen so far\n{context}",
+                                         folder / "seen-average.png"))
+    else:  # the tasks seen after the i-th one differ between orders: one figure per order
+        for order in orders:
+            of_order = {name: [r for r in rs if r.get("order") == order] for name, rs in runs.items()}
+            paths.append(seen_average_figure(of_order, f"Average accuracy on the tasks seen so far, order {order}"
+                                             f"\n{context}", folder / f"seen-average-order-{order}.png"))
     paths.append(state_size_figure(runs, f"Adapter state kept between tasks\n{context}",
                                    folder / "adapter-state.png"))
     paths.append(cost_figure(runs, f"Memory and time against the number of tasks\n{context}",
