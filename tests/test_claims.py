@@ -183,3 +183,18 @@ def test_a_second_order_of_slao_alone_leaves_the_other_means_on_the_first(tmp_pa
     # the merged init has both orders, the random one only order 1: each pair over its own runs
     assert _claim(led, "init")["ours"] == ("SLAO 72.5, merged 67.5; SLAO 62.5, random 32.5 "
                                            "(over the 3 runs both have; SLAO has 6)")
+
+
+def test_a_verdict_on_a_part_filled_grid_says_so(tmp_path):
+    _write(tmp_path, "slao", 0.6)
+    _write(tmp_path, "mtl", 0.62)
+    for label, q in (("slao", 0.6), ("mtl", 0.62)):  # order 2 of both, seed 0 only
+        path = tmp_path / label / "order-2" / "seed-0"
+        path.mkdir(parents=True)
+        (path / "results.json").write_text(json.dumps(_results(label, 0, q, order=2)))
+        (path / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "order": 2, "method": {"name": label},
+                                                          "train": {"lr": 1e-3}}))
+    mtl = _claim(ledger(read_runs(tmp_path), replicates=200), "mtl")
+    assert mtl["verdict"].startswith("supported") and mtl["verdict"].endswith(
+        "(provisional: mtl on a part-filled grid, see below)")
+    assert "4 paired runs, part-filled: no order seeds 0, 1, 2; order 2 seed 0" in " ".join(mtl["evidence"])

@@ -87,11 +87,32 @@ def _interval(iv: dict | None) -> str:
     return "n/a" if iv is None else f"{iv['diff']:+.1f} [{iv['lo']:+.1f}, {iv['hi']:+.1f}]"
 
 
+def _by_order(units) -> dict:
+    seeds: dict = {}
+    for order, seed in units:
+        seeds.setdefault(order, []).append(seed)
+    return seeds
+
+
+def _part_filled(iv: dict) -> bool:
+    """Whether the pair's runs cover some order with fewer seeds than another (a grid being filled)."""
+    return len({tuple(sorted(s)) for s in _by_order(iv["units"]).values()}) > 1
+
+
 def _runs_note(iv: dict) -> str:
     units = iv["units"]
-    orders = sorted({u[0] for u in units if u[0] is not None})
+    seeds = _by_order(units)
+    orders = sorted(o for o in seeds if o is not None)
+    if _part_filled(iv):  # say which seeds each order has: the orders do not weigh alike
+        keys = ([None] if None in seeds else []) + orders
+        return f"{len(units)} paired runs, part-filled: " + "; ".join(
+            f"{'no order' if o is None else f'order {o}'} seed{'s' * (len(seeds[o]) > 1)} "
+            f"{', '.join(map(str, sorted(seeds[o])))}" for o in keys)
     where = f", order{'s' * (len(orders) > 1)} {', '.join(map(str, orders))}" if orders else ""
     return f"{len(units)} paired runs{where}"
+
+
+PROVISIONAL = " (provisional: {} on a part-filled grid, see below)"
 
 
 def _mean_aa(rs: Sequence[dict]) -> float | None:
@@ -152,6 +173,8 @@ def _all_better(claim: dict, pairs: list[tuple[str, dict | None]], missing: list
         verdict = "supported"
     if missing and not verdict.startswith("not yet"):
         verdict += f"; {len(missing)} not yet run"
+    if part := [y for y, iv in tested if _part_filled(iv)]:
+        verdict += PROVISIONAL.format(", ".join(part))
     return {**claim, "verdict": verdict}
 
 
@@ -210,6 +233,8 @@ def ledger(runs: dict[str, list[dict]], replicates: int = BOOTSTRAP_REPLICATES,
         claim["verdict"] = {1: f"supported (SLAO within {margin:.1f} points of MTL)",
                             -1: f"not supported (SLAO more than {margin:.1f} points below MTL)",
                             0: f"not detectable at this scale: the interval holds −{margin:.1f}"}[side]
+        if _part_filled(iv):
+            claim["verdict"] += PROVISIONAL.format("mtl")
         claim["evidence"].append(f"margin {margin:.1f} points" + (" (the paper's gap on this benchmark)"
                                                                    if mtl_margin is None else " (given)")
                                  + f"; {_runs_note(iv)}")
