@@ -19,6 +19,7 @@ from pathlib import Path
 
 from slao.compare import BOOTSTRAP_REPLICATES, paired_comparisons
 from slao.errors import DataError
+from slao.stats import none_first
 from slao.variants import label_of, method_spec
 
 # The paper's average accuracy (Llama-2-7B-chat, mean over task orders; design.md §2): SLAO and the
@@ -102,12 +103,11 @@ def _part_filled(iv: dict) -> bool:
 def _runs_note(iv: dict) -> str:
     units = iv["units"]
     seeds = _by_order(units)
-    orders = sorted(o for o in seeds if o is not None)
     if _part_filled(iv):  # say which seeds each order has: the orders do not weigh alike
-        keys = ([None] if None in seeds else []) + orders
         return f"{len(units)} paired runs, part-filled: " + "; ".join(
             f"{'no order' if o is None else f'order {o}'} seed{'s' * (len(seeds[o]) > 1)} "
-            f"{', '.join(map(str, sorted(seeds[o])))}" for o in keys)
+            f"{', '.join(map(str, sorted(seeds[o])))}" for o in sorted(seeds, key=none_first))
+    orders = sorted(o for o in seeds if o is not None)
     where = f", order{'s' * (len(orders) > 1)} {', '.join(map(str, orders))}" if orders else ""
     return f"{len(units)} paired runs{where}"
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from slao.errors import import_extra
 from slao.metrics import mean_matrix, seen_average
+from slao.stats import none_first
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -301,7 +302,7 @@ def _tasks(runs: dict[str, Sequence[dict]]) -> list[str]:
 def _orders(runs: dict[str, Sequence[dict]]) -> list:
     """The task orders the runs were made under, a run without one (None) first."""
     found = {r.get("order") for rs in runs.values() for r in rs}
-    return sorted(found, key=lambda o: (o is not None, o if o is not None else 0))
+    return sorted(found, key=none_first)
 
 
 def _safe(name: str) -> str:

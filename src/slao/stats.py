@@ -63,9 +63,14 @@ def _task_sizes(unit, method_scores: dict) -> list[int | None]:
     return sizes
 
 
+def none_first(value) -> tuple:
+    """Sort key for an order or seed that may be None (a run made without --orders): None first, the rest
+    in their natural order."""
+    return (value is not None, value if value is not None else 0)
+
+
 def _unit_key(unit) -> tuple:
-    parts = unit if isinstance(unit, tuple) else (unit,)
-    return tuple((v is not None, v if v is not None else 0) for v in parts)
+    return tuple(none_first(v) for v in (unit if isinstance(unit, tuple) else (unit,)))
 
 
 def bootstrap_metrics(method_scores: dict[str, dict], groups: dict, *, replicates: int = 2000, seed: int = 0,
