@@ -170,3 +170,29 @@ def test_figures_of_a_grid_over_orders_keep_the_orders_apart(tmp_path, monkeypat
     # time per task depends on the task: the cost figure draws order 1, and says where a method lacks it
     cost = dict(drawn)["cost-vs-tasks.png"]
     assert cost.axes[1].get_legend_handles_labels()[1] == ["slao", "mtl (order 2)"]
+
+
+def test_a_figure_the_runs_no_longer_give_is_removed_and_other_files_are_kept(tmp_path, capsys):
+    import slao.plots as plots
+
+    # a grid of one order, reported; then it gains order 2: its one-order figures would describe runs the
+    # folder no longer holds alone
+    one = {"slao": [{**_seq(s), "order": 1} for s in (0, 1)]}
+    folder = tmp_path / "figures"
+    first = plots.write_figures(one, folder, "tiny")
+    assert {"accuracy-slao.png", "seen-average.png"} <= {p.name for p in first}
+    (folder / "my-notes.png").write_bytes(PNG)  # the user's own file
+    two = {"slao": one["slao"] + [{**_seq(s), "order": 2, "tasks": TASKS[::-1]} for s in (0, 1)]}
+    second = plots.write_figures(two, folder, "tiny")
+    removed = plots.remove_stale_figures(folder, second)
+    assert [p.name for p in removed] == ["accuracy-slao.png", "seen-average.png"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in second] + ["my-notes.png"])
+
+    # slao report says what it removed
+    run = tmp_path / "run"
+    (run / "figures").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(_seq(0)))
+    (run / "figures" / "accuracy-seq-lora.png").write_bytes(PNG)
+    assert main(["report", str(run)]) == 0
+    assert "removed, as the folder's runs no longer give them: accuracy-seq-lora.png" in capsys.readouterr().out
+    assert not (run / "figures" / "accuracy-seq-lora.png").exists()

@@ -299,6 +299,25 @@ def _tasks(runs: dict[str, Sequence[dict]]) -> list[str]:
     return []
 
 
+# Every name write_figures draws under: what matches one of these in a figures folder and was not drawn by the
+# latest call is a figure of an earlier state of the folder (a grid that has since gained an order, say).
+FIGURE_NAMES = ("accuracy-*.png", "seen-average*.png", "adapter-state.png", "cost-vs-tasks.png",
+                "paired-differences.png")
+
+
+def remove_stale_figures(folder: Path, drawn: Sequence[Path]) -> list[Path]:
+    """Delete the figures of ``folder`` that write_figures names but did not draw this time, so that the
+    folder never shows a figure of runs it no longer describes (``accuracy-slao.png`` beside
+    ``accuracy-slao-order-1.png`` once a second order came in). Other files are left alone. Returns what
+    was removed."""
+    folder = Path(folder)
+    keep = {Path(p).name for p in drawn}
+    stale = sorted({p for pattern in FIGURE_NAMES for p in folder.glob(pattern) if p.name not in keep})
+    for p in stale:
+        p.unlink()
+    return stale
+
+
 def _orders(runs: dict[str, Sequence[dict]]) -> list:
     """The task orders the runs were made under, a run without one (None) first."""
     found = {r.get("order") for rs in runs.values() for r in rs}

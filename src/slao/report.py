@@ -33,7 +33,7 @@ def report_path(path: str | Path, echo=print) -> list[Path]:
 
     from slao.compare import load_comparison, write_comparison
     from slao.errors import DataError, SlaoError
-    from slao.plots import require_matplotlib, write_figures
+    from slao.plots import remove_stale_figures, require_matplotlib, write_figures
 
     require_matplotlib()  # before anything is printed or rewritten
     path = Path(path)
@@ -68,4 +68,7 @@ def report_path(path: str | Path, echo=print) -> list[Path]:
     echo("figures:")
     for p in paths:
         echo(f"  {p}")
+    stale = remove_stale_figures(path / "figures", paths)
+    if stale:
+        echo("removed, as the folder's runs no longer give them: " + ", ".join(p.name for p in stale))
     return paths
