@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 
+import numpy as np
 import pytest
 
 from jsonl_tasks import write_jsonl_tasks
@@ -247,7 +248,7 @@ def test_grid_over_orders_layout_and_order_robustness(tmp_path):
     assert rob["mopd"] == pytest.approx(9.0) and rob["aopd"] == pytest.approx(8.0)
     assert comp["methods"]["seq-lora"]["order_robustness"]["mopd"] == pytest.approx(8.0)
     md = (tmp_path / "comparison.md").read_text()
-    assert "## Order robustness" in md and "| slao | 9.0 | 8.0 | bbc-topic (9.0) | 0, 1 |" in md
+    assert "## Order robustness" in md and "| slao | 9.0 | 8.0 | n/a | n/a | bbc-topic (9.0) | 0, 1 |" in md
     assert len(comp["paired"]["units"]) == 4  # (order, seed) pairs
     # identical per-example scores for both methods: a zero-width interval at zero, no difference detected
     aa = comp["paired"]["pairs"]["slao vs seq-lora"]["aa"]
@@ -355,6 +356,35 @@ def test_a_pair_is_compared_on_the_runs_both_methods_have():
     comp = aggregate({"x": [x0, x1], "y": [y0]}, {})  # ...and y has no seed 1: it must not count
     pair = comp["paired"]["pairs"]["x vs y"]
     assert pair["units"] == [[None, 0]] and pair["aa"]["diff"] == 0.0 == pair["aa"]["lo"] == pair["aa"]["hi"]
+
+
+def test_order_robustness_says_whether_the_spread_is_above_noise():
+    from slao.tables import comparison_markdown
+
+    rng = np.random.default_rng(0)
+
+    def run(method, seed, order, rate):  # rate[order][task]: each example right with that probability
+        tasks = ["a", "b"] if order == 1 else ["b", "a"]
+        final = [(rng.random(60) < rate[order][t]).astype(float).tolist() for t in tasks]
+        R = [[100 * float(np.mean(final[0])), None], [100 * float(np.mean(x)) for x in final]]
+        return {**_fake_results(method, seed, R), "order": order, "tasks": tasks, "finished": True,
+                "example_scores": [[final[0], None], final],
+                "task_info": {t: {"test": 60, "metric": "exact", "test_sha256": t} for t in tasks}}
+
+    moves = {1: {"a": 0.9, "b": 0.6}, 2: {"a": 0.3, "b": 0.6}}  # task a is forgotten when it comes first
+    steady = {1: {"a": 0.7, "b": 0.6}, 2: {"a": 0.7, "b": 0.6}}
+    runs = {m: [run(m, s, o, rates) for o in (1, 2) for s in (0, 1, 2)]
+            for m, rates in (("moves", moves), ("steady", steady))}
+    comp = aggregate(runs, {"orders": [1, 2], "seeds": [0, 1, 2]})
+    rob = {m: comp["methods"][m]["order_robustness"] for m in runs}
+    boot = rob["moves"]["aopd_bootstrap"]
+    assert boot["aopd"] == pytest.approx(rob["moves"]["aopd"]) and boot["lo"] <= boot["aopd"] <= boot["hi"]
+    assert boot["p"] < 0.05 and rob["steady"]["aopd_bootstrap"]["p"] >= 0.05
+    md = comparison_markdown(comp)
+    row = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| moves")
+           or line.startswith("| steady")}
+    assert f"{boot['aopd']:.1f} [{boot['lo']:.1f}, {boot['hi']:.1f}]" in row["moves"] and "| yes (p " in row["moves"]
+    assert "| not detected (p " in row["steady"] and "from noise alone" in md
 
 
 def test_the_table_says_when_methods_have_run_over_different_runs():

@@ -196,3 +196,14 @@ def test_a_figure_the_runs_no_longer_give_is_removed_and_other_files_are_kept(tm
     assert main(["report", str(run)]) == 0
     assert "removed, as the folder's runs no longer give them: accuracy-seq-lora.png" in capsys.readouterr().out
     assert not (run / "figures" / "accuracy-seq-lora.png").exists()
+
+
+def test_runs_named_in_words_put_a_run_without_an_order_first():
+    from slao.tables import _units_text
+
+    assert _units_text(frozenset({(2, 0), (1, 0), (2, 1), (1, 1)})) == "orders 1, 2, seeds 0, 1"
+    assert _units_text(frozenset({(None, 1), (None, 0)})) == "seeds 0, 1"
+    # runs made without --orders beside runs of order 1: listed one by one, not as "orders None, 1"
+    assert _units_text(frozenset({(1, 0), (None, 0), (1, 1), (None, 1)})) == \
+        "seed 0, seed 1, order 1 seed 0, order 1 seed 1"
+    assert _units_text(frozenset({(10, 0), (9, 0)})) == "orders 9, 10, seed 0"

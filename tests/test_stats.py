@@ -101,3 +101,45 @@ def test_mcnemar_exact_values():
     assert stats.mcnemar_exact(0, 5) == pytest.approx(2 / 32)
     assert stats.mcnemar_exact(9, 1) == pytest.approx(2 * 11 / 1024)
     assert stats.discordant([1, 1, 0, 0, 1], [1, 0, 1, 0, 0]) == (2, 1)
+
+
+def _finals(rng, p_by_order, seeds=(0, 1, 2), tasks=("a", "b", "c", "d"), n=48):
+    """finals[order][seed][task]: 0/1 example scores drawn at each order's rate."""
+    return {o: {s: {t: (rng.random(n) < p).astype(float).tolist() for t in tasks} for s in seeds}
+            for o, p in p_by_order.items()}
+
+
+def test_order_spread_of_identical_orders_is_zero_and_not_called_a_difference():
+    rng = np.random.default_rng(1)
+    one = _finals(rng, {1: 0.5})[1]
+    boot = stats.order_spread_bootstrap({1: one, 2: one}, replicates=300)
+    assert boot["aopd"] == 0.0 and boot["p"] == 1.0 and boot["lo"] == 0.0
+    assert boot["noise"] > 2.0  # the orders' own noise, not zero
+    assert stats.order_spread_bootstrap({1: one}) is None
+
+
+def test_the_noise_floor_is_the_spread_of_two_noisy_means():
+    # one seed, one task, n examples per order: the spread of two independent means has mean
+    # sqrt(2/pi) * sqrt(var1/n + var2/n)
+    rng = np.random.default_rng(2)
+    finals = _finals(rng, {1: 0.3, 2: 0.6}, seeds=(0,), tasks=("a",), n=200)
+    boot = stats.order_spread_bootstrap(finals, replicates=4000)
+    p1, p2 = (np.mean(finals[o][0]["a"]) for o in (1, 2))
+    expected = 100 * np.sqrt(2 / np.pi) * np.sqrt(p1 * (1 - p1) / 200 + p2 * (1 - p2) / 200)
+    assert boot["noise"] == pytest.approx(expected, rel=0.1)
+    assert boot["aopd"] == pytest.approx(100 * abs(p2 - p1))
+    assert boot["lo"] < boot["aopd"] < boot["hi"]
+    assert boot["p"] < 0.01  # 30 points apart on 200 examples each: the orders differ
+
+
+def test_order_spread_from_noise_alone_is_rarely_called_a_difference():
+    # with several seeds the floor counts test-set noise at both levels (as the paired bootstrap does), so it
+    # errs high: at a true 5% rate 8 or more calls of 60 would have probability below 1%; this floor makes
+    # fewer. Its power is checked beside it.
+    rng = np.random.default_rng(3)
+    called = [stats.order_spread_bootstrap(_finals(rng, {1: 0.5, 2: 0.5}), replicates=400, seed=k)["p"] < 0.05
+              for k in range(60)]
+    assert sum(called) <= 8
+    shifted = [stats.order_spread_bootstrap(_finals(rng, {1: 0.4, 2: 0.6}), replicates=400, seed=k)["p"] < 0.05
+               for k in range(10)]
+    assert sum(shifted) >= 9  # 20 points apart on every task: found nearly always

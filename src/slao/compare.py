@@ -131,7 +131,29 @@ def order_robustness(by_order: dict) -> dict:
     names = sorted(set.intersection(*(set(f) for f in finals.values())))
     spread = order_spread([[finals[o][n] for n in names] for o in sorted(finals)])
     return {**spread, "tasks": names, "seeds": seeds,
-            "opd": dict(zip(names, spread["opd"], strict=True)) if names else None}
+            "opd": dict(zip(names, spread["opd"], strict=True)) if names else None,
+            "aopd_bootstrap": _spread_bootstrap(by_order, seeds, names, spread["aopd"])}
+
+
+def _spread_bootstrap(by_order: dict, seeds: list, names: list, aopd: float | None) -> dict | None:
+    """AOPD's interval and noise floor (slao.stats.order_spread_bootstrap) from the runs' per-example final
+    scores; None where a run lacks them (made by an older slao), no task is shared, or the examples' means
+    do not give the matrix's AOPD (scores the matrix does not average)."""
+    finals: dict = {}
+    for order, runs in by_order.items():
+        for r in (r for r in runs if r["seed"] in seeds):
+            if not r.get("example_scores"):
+                return None
+            row = dict(zip(r["tasks"], r["example_scores"][-1], strict=True))
+            if any(row.get(n) is None for n in names):
+                return None
+            finals.setdefault(order, {})[r["seed"]] = {n: row[n] for n in names}
+    if not names:
+        return None
+    boot = stats.order_spread_bootstrap(finals)
+    if not boot or aopd is None or abs(boot["aopd"] - aopd) > 0.01:
+        return None
+    return {k: v for k, v in boot.items() if k != "tasks"}
 
 
 def paired_comparisons(runs: dict[str, Sequence[dict]], replicates: int = BOOTSTRAP_REPLICATES,

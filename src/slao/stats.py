@@ -119,6 +119,58 @@ def bootstrap_metrics(method_scores: dict[str, dict], groups: dict, *, replicate
     return out
 
 
+def order_spread_bootstrap(finals: dict, *, replicates: int = 2000, seed: int = 0) -> dict | None:
+    """How sure the order spread is, and how much of it test and seed noise alone would give.
+
+    ``finals[order][seed][task]`` holds each test example's final score in [0, 1] (the last row of the run's
+    matrix), for the seeds run under every order and the tasks every order has. Each replicate redraws,
+    within every order, its seeds with replacement and, within every drawn seed and task, its examples with
+    replacement (as bootstrap_metrics does), and recomputes every task's mean final score per order, then
+    AOPD (the mean over tasks of max - min over orders).
+
+    The noise floor is the spread the orders would show if they had the same true scores: per task and order
+    the replicate's deviation from the observed mean, then its range over orders, averaged over tasks (the
+    bootstrap recentred on the null). Returns the AOPD's 95% basic bootstrap interval, the floor's mean and 95th
+    percentile, and the one-sided p-value of the observed AOPD against the floor (its share of null
+    replicates at least as large, counted with the observed one). None with fewer than two orders."""
+    orders = sorted(finals, key=none_first)
+    if len(orders) < 2:
+        return None
+    tasks = sorted(set.intersection(*(set(t) for o in orders for t in finals[o].values())))
+    if not tasks:
+        return None
+    rng = np.random.default_rng(seed)
+    means = np.empty((len(orders), len(tasks), replicates))  # replicate 0 is the observed mean
+    for a, order in enumerate(orders):
+        seeds = sorted(finals[order])
+        k = len(seeds)
+        picks = rng.integers(k, size=(replicates, k))
+        picks[0] = np.arange(k)
+        for t, task in enumerate(tasks):
+            # per drawn position and seed, an independent redraw of the seed's examples: a seed drawn twice in
+            # one replicate gets two draws of its examples
+            draws = np.empty((k, k, replicates))
+            for si, s in enumerate(seeds):
+                x = np.asarray(finals[order][s][task], dtype=np.float64)
+                idx = rng.integers(len(x), size=(k, replicates, len(x)))
+                draws[:, si, :] = x[idx].mean(axis=2)
+                draws[:, si, 0] = x.mean()
+            per_position = np.take_along_axis(draws, picks.T[:, None, :], axis=1)[:, 0, :]  # (k, replicates)
+            means[a, t] = 100.0 * per_position.mean(axis=0)
+    aopd = (means.max(axis=0) - means.min(axis=0)).mean(axis=0)
+    deviations = means - means[:, :, :1]
+    null = (deviations.max(axis=0) - deviations.min(axis=0)).mean(axis=0)[1:]
+    # the replicates' spreads carry the resampling's own noise on top of the data's, so they run high: the
+    # basic bootstrap interval (the percentiles reflected about the estimate) carries that shift the right way
+    q_lo, q_hi = np.percentile(aopd[1:], [2.5, 97.5])
+    observed = float(aopd[0])
+    lo, hi = max(0.0, 2 * observed - q_hi), max(0.0, 2 * observed - q_lo)
+    return {"aopd": observed, "lo": float(min(lo, observed)), "hi": float(max(hi, observed)),
+            "noise": float(null.mean()), "noise_95": float(np.percentile(null, 95)),
+            "p": float((1 + np.sum(null >= observed)) / (1 + len(null))), "replicates": replicates - 1,
+            "tasks": tasks}
+
+
 def paired_interval(x: np.ndarray, y: np.ndarray) -> dict | None:
     """The difference x - y (index 0 observed, the rest bootstrap replicates): estimate, 95% percentile
     interval, standard error and the smallest difference detected 80% of the time (DETECT_FACTOR x SE).

@@ -5,6 +5,7 @@ The numbers come from slao.metrics, slao.compare and slao.stats; this module onl
 from __future__ import annotations
 
 from slao.metrics import HIGHER_IS_BETTER, LABELS, METRICS, PAIRED
+from slao.stats import none_first
 
 PAIRED_RULE = (
     "Differences are x − y in points with a 95% interval from a paired bootstrap ({replicates} replicates): "
@@ -161,16 +162,34 @@ def mcnemar_rows(paired: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def order_rows(comp: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["method", "MOPD", "AOPD", "widest task", "seeds"]
+    head = ["method", "MOPD", "AOPD [95% interval]", "AOPD from noise alone", "orders differ", "widest task",
+            "seeds"]
     rows = []
     for name, e in comp["methods"].items():
         rob = e.get("order_robustness") or {}
         opd = rob.get("opd") or {}
         widest = max(opd, key=opd.get) if opd else None
-        rows.append([name, _num(rob.get("mopd")), _num(rob.get("aopd")),
+        boot = rob.get("aopd_bootstrap")
+        aopd = _num(rob.get("aopd"))
+        if boot:
+            aopd += f" [{boot['lo']:.1f}, {boot['hi']:.1f}]"
+        noise = f"{boot['noise']:.1f} (95th pct {boot['noise_95']:.1f})" if boot else "n/a"
+        differ = "n/a" if not boot else f"{'yes' if boot['p'] < 0.05 else 'not detected'} (p {boot['p']:.2g})"
+        rows.append([name, _num(rob.get("mopd")), aopd, noise, differ,
                      "n/a" if widest is None else f"{widest} ({opd[widest]:.1f})",
                      ", ".join(map(str, rob.get("seeds") or [])) or "n/a"])
     return head, rows
+
+
+ORDER_RULE = ("Per task the spread (max − min over orders) of its final score, mean over the seeds run under "
+              "every order (the last column); MOPD the largest spread, AOPD the mean, with a 95% basic bootstrap "
+              "interval (redrawing seeds within each order and test examples within each task). A spread is never "
+              "negative, so test and seed noise alone make AOPD positive: \"from noise alone\" is the AOPD the "
+              "orders would show if they had the same true scores (the same bootstrap recentred on that null), "
+              "and the orders differ only where the "
+              "observed AOPD exceeds that null's 95th percentile (one-sided p below 0.05). With several seeds the "
+              "floor counts test-set noise at both levels, as the paired bootstrap does, so it errs high: \"not "
+              "detected\" is the safe side of the call.")
 
 
 def _counted(word: str, values) -> str:
@@ -197,12 +216,14 @@ def _header(comp: dict) -> str:
 
 
 def _units_text(units: frozenset) -> str:
-    """(order, seed) runs in words: 'orders 1, 2, seeds 0, 1, 2' when they are every pair of the two."""
-    orders = sorted({o for o, _ in units}, key=str)
+    """(order, seed) runs in words: 'orders 1, 2, seeds 0, 1, 2' when they are every pair of the two; one by
+    one otherwise, a run made without --orders (order None) first."""
+    orders = sorted({o for o, _ in units}, key=none_first)
     seeds = sorted({s for _, s in units})
-    if len(units) == len(orders) * len(seeds):
+    if len(units) == len(orders) * len(seeds) and (orders == [None] or None not in orders):
         return (_counted("order", orders) + ", " if orders != [None] else "") + _counted("seed", seeds)
-    return ", ".join(f"order {o} seed {s}" if o is not None else f"seed {s}" for o, s in sorted(units, key=str))
+    ordered = sorted(units, key=lambda u: (none_first(u[0]), u[1]))
+    return ", ".join(f"order {o} seed {s}" if o is not None else f"seed {s}" for o, s in ordered)
 
 
 def unlike_runs_note(comp: dict) -> str:
@@ -256,9 +277,7 @@ def comparison_markdown(comp: dict) -> str:
     if note := unlike_runs_note(comp):
         lines += [note, ""]
     if _has_spreads(comp):
-        lines += ["## Order robustness", "", "Per task the spread (max − min over orders) of its final score, "
-                  "mean over the seeds run under every order (the last column); MOPD the largest spread, AOPD the "
-                  "mean.", ""]
+        lines += ["## Order robustness", "", ORDER_RULE, ""]
         lines += markdown(*order_rows(comp)) + [""]
     lines += ["## Paired comparisons", ""] + _paired_section(comp, markdown)
     return "\n".join(lines) + "\n"
