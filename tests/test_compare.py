@@ -398,6 +398,11 @@ def test_the_table_says_when_methods_have_run_over_different_runs():
     note = ("The methods' means are over different runs (x: orders 1, 2, seeds 0, 1; every other method: "
             "order 1, seeds 0, 1), so they are not like for like")
     assert note in comparison_markdown(comp) and note in comparison_table(comp)
+    # order robustness: a row for x alone, the methods of one order named below it instead of rows of n/a
+    robustness = comparison_markdown(comp).split("## Order robustness")[1].split("## Paired")[0]
+    assert "| x | 0.0 |" in robustness and "| y |" not in robustness and "| z |" not in robustness
+    assert "Not yet run under two orders with a shared seed: y, z." in robustness
+    assert "Not yet run under two orders with a shared seed: y, z." in comparison_table(comp)
     assert comp["paired"]["pairs"]["x vs y"]["units"] == [[1, 0], [1, 1]]
     y.append(_order_results("y", 0, 2, tasks, final))  # a lone cell is listed as it is
     uneven = comparison_markdown(aggregate({"x": x, "y": y}, {"orders": [1, 2], "seeds": [0, 1]}))
