@@ -170,6 +170,13 @@ def test_figures_of_a_grid_over_orders_keep_the_orders_apart(tmp_path, monkeypat
     # time per task depends on the task: the cost figure draws order 1, and says where a method lacks it
     cost = dict(drawn)["cost-vs-tasks.png"]
     assert cost.axes[1].get_legend_handles_labels()[1] == ["slao", "mtl (order 2)"]
+    # the spread over orders: a panel for slao alone (mtl has one order), a bar per task joining its orders
+    spread = dict(drawn)["order-spread.png"]
+    panels = [ax for ax in spread.axes if ax.get_visible()]
+    assert len(panels) == 1 and panels[0].get_title().startswith("slao\nAOPD")
+    assert panels[0].get_legend_handles_labels()[1] == ["order 1", "order 2"]
+    bars = [line for line in panels[0].lines if len(line.get_xdata()) == 2]
+    assert len(bars) == len(TASKS)
 
 
 def test_a_figure_the_runs_no_longer_give_is_removed_and_other_files_are_kept(tmp_path, capsys):

@@ -111,16 +111,12 @@ def aggregate_method(runs: Sequence[dict]) -> dict:
     return out
 
 
-def order_robustness(by_order: dict) -> dict:
-    """Per task (by name) its final score under each order, mean over seeds; then OPD, MOPD and AOPD.
-
-    Only the seeds run under every order enter: a grid filled in pieces may hold three seeds of one order
-    and one of the other, and a mean over different seeds would count seed noise as order spread."""
+def order_finals(by_order: dict) -> tuple[list, dict]:
+    """The seeds run under every order (none with fewer than two orders), and per order each task's final
+    score (by name), mean over those seeds: ``finals[order][task]``."""
     seeds = (sorted(set.intersection(*({r["seed"] for r in runs} for runs in by_order.values())))
              if len(by_order) > 1 else [])
-    if not seeds:
-        return {"opd": None, "mopd": None, "aopd": None, "seeds": []}
-    finals = {}
+    finals: dict = {}
     for order, runs in by_order.items():
         per_task: dict[str, list[float]] = {}
         for r in (r for r in runs if r["seed"] in seeds):
@@ -128,6 +124,17 @@ def order_robustness(by_order: dict) -> dict:
                 if v is not None:
                     per_task.setdefault(name, []).append(v)
         finals[order] = {name: sum(v) / len(v) for name, v in per_task.items()}
+    return seeds, (finals if seeds else {})
+
+
+def order_robustness(by_order: dict) -> dict:
+    """Per task (by name) its final score under each order, mean over seeds; then OPD, MOPD and AOPD.
+
+    Only the seeds run under every order enter: a grid filled in pieces may hold three seeds of one order
+    and one of the other, and a mean over different seeds would count seed noise as order spread."""
+    seeds, finals = order_finals(by_order)
+    if not seeds:
+        return {"opd": None, "mopd": None, "aopd": None, "seeds": []}
     names = sorted(set.intersection(*(set(f) for f in finals.values())))
     spread = order_spread([[finals[o][n] for n in names] for o in sorted(finals)])
     return {**spread, "tasks": names, "seeds": seeds,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from slao.errors import import_extra
-from slao.metrics import mean_matrix, seen_average
+from slao.metrics import mean_matrix, order_spread, seen_average
 from slao.stats import none_first
 
 if TYPE_CHECKING:
@@ -255,6 +255,64 @@ def cost_figure(runs: dict[str, Sequence[dict]], title: str, path: Path) -> Path
     return _save(fig, path)
 
 
+# -- (e) order robustness -------------------------------------------------------------------------------
+def order_spread_figure(runs: dict[str, Sequence[dict]], title: str, path: Path,
+                        robustness: dict | None = None) -> Path | None:
+    """A panel per method run under two orders or more: each task's final score under each order (mean over
+    the seeds run under every order), joined by a bar whose length is the task's spread (OPD). The panel
+    title gives AOPD and, where ``robustness`` (method -> its comparison entry's order_robustness) has it,
+    the AOPD from noise alone. None when no method has two orders."""
+    from slao.compare import order_finals
+
+    panels = {}
+    for name, results in runs.items():
+        by_order: dict = {}
+        for r in results:
+            by_order.setdefault(r.get("order"), []).append(r)
+        seeds, finals = order_finals(by_order)
+        if seeds:
+            panels[name] = (seeds, finals)
+    if not panels:
+        return None
+    tasks = sorted(set.union(*(set(f) for _, finals in panels.values() for f in finals.values())))
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = _figure(3.4 * cols + 2.2, 0.32 * len(tasks) * rows + 1.6 * rows + 0.6)
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
+    orders = sorted({o for _, finals in panels.values() for o in finals}, key=none_first)
+    colors = {o: f"C{k}" for k, o in enumerate(orders)}
+    for ax, (name, (seeds, finals)) in zip(axes, panels.items(), strict=False):
+        for y, task in enumerate(tasks):
+            vals = [finals[o][task] for o in finals if task in finals[o]]
+            if len(vals) > 1:
+                ax.plot([min(vals), max(vals)], [y, y], color="0.75", linewidth=3, solid_capstyle="round")
+            for k, o in enumerate(sorted(finals, key=none_first)):
+                if task in finals[o]:
+                    ax.plot([finals[o][task]], [y], marker=MARKERS[k % len(MARKERS)], color=colors[o],
+                            linestyle="none", markersize=6, label=f"order {o}" if y == 0 else None)
+        rob = (robustness or {}).get(name) or {}
+        boot = rob.get("aopd_bootstrap")
+        shared = sorted(set.intersection(*(set(f) for f in finals.values())))
+        aopd = order_spread([[finals[o][t] for t in shared] for o in finals])["aopd"] if shared else None
+        head = f"{name}" + (f"\nAOPD {aopd:.1f}" if aopd is not None else "")
+        if boot:
+            head += f", from noise alone {boot['noise']:.1f}"
+        ax.set_title(head + f"\nseeds {', '.join(map(str, seeds))}", fontsize=8)
+        ax.set_xlim(-3, 103)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[::cols]:
+        ax.set_yticks(range(len(tasks)), [short_name(t, 24) for t in tasks], fontsize=7)
+    for ax in axes[:len(panels)][-cols:]:
+        ax.set_xlabel("final score (%)", fontsize=8)
+    axes[0].invert_yaxis()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False)
+    fig.suptitle(title + "\nthe bar is each task's spread over orders (OPD)", fontsize=9)
+    return _save(fig, path)
+
+
 # -- all of them ---------------------------------------------------------------------------------------
 def paired_figure(paired: dict, title: str, path: Path) -> Path | None:
     """The reference method minus each other method, per metric: the paired difference and its 95%
@@ -302,7 +360,7 @@ def _tasks(runs: dict[str, Sequence[dict]]) -> list[str]:
 # Every name write_figures draws under: what matches one of these in a figures folder and was not drawn by the
 # latest call is a figure of an earlier state of the folder (a grid that has since gained an order, say).
 FIGURE_NAMES = ("accuracy-*.png", "seen-average*.png", "adapter-state.png", "cost-vs-tasks.png",
-                "paired-differences.png")
+                "paired-differences.png", "order-spread.png")
 
 
 def remove_stale_figures(folder: Path, drawn: Sequence[Path]) -> list[Path]:
@@ -329,10 +387,11 @@ def _safe(name: str) -> str:
 
 
 def write_figures(runs: dict[str, Sequence[dict]], folder: Path, context: str,
-                  paired: dict | None = None) -> list[Path]:
+                  paired: dict | None = None, robustness: dict | None = None) -> list[Path]:
     """The figures for the runs (method -> results of each seed) into ``folder``: a heatmap per method
-    (and order), the seen-task average (per order), the adapter state, memory and time against tasks, and
-    the paired differences when given."""
+    (and order), the seen-task average (per order), the adapter state, memory and time against tasks, the
+    spread over orders where there are several (with ``robustness``, method -> order_robustness, in its
+    titles), and the paired differences when given."""
     folder = Path(folder)
     paths = []
     for name, results in runs.items():
@@ -360,6 +419,9 @@ def write_figures(runs: dict[str, Sequence[dict]], folder: Path, context: str,
                                    folder / "adapter-state.png"))
     paths.append(cost_figure(runs, f"Memory and time against the number of tasks\n{context}",
                              folder / "cost-vs-tasks.png"))
+    spread = order_spread_figure(runs, f"Final score per task under each order\n{context}",
+                                 folder / "order-spread.png", robustness)
+    paths += [spread] if spread else []
     if paired:
         drawn = paired_figure(paired, f"Paired differences\n{context}", folder / "paired-differences.png")
         paths += [drawn] if drawn else []

@@ -50,6 +50,7 @@ def report_path(path: str | Path, echo=print) -> list[Path]:
                 echo(results_table(mean_results(name, results)))
         context = f"{comp['model']}, {comp['benchmark']}"
         paired = comp.get("paired")
+        robustness = {name: e.get("order_robustness") for name, e in comp["methods"].items()}
     elif (path / "results.json").exists():
         try:
             results = json.loads((path / "results.json").read_text())
@@ -59,12 +60,12 @@ def report_path(path: str | Path, echo=print) -> list[Path]:
         if not results.get("finished"):
             echo("(the run is not finished: the matrix holds the tasks done so far)")
         runs = {results["method"]: [results]}
-        paired = None
+        paired = robustness = None
         context = f"{results['model']}, {results['benchmark']}"
     else:
         raise SlaoError(f"{path} is neither a run folder (it has no results.json) nor a comparison folder "
                         "(no comparison.json); give the --output folder of slao run or slao compare")
-    paths = write_figures(runs, path / "figures", context, paired)
+    paths = write_figures(runs, path / "figures", context, paired, robustness)
     echo("figures:")
     for p in paths:
         echo(f"  {p}")
