@@ -162,8 +162,7 @@ def mcnemar_rows(paired: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def order_rows(comp: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["method", "MOPD", "AOPD [95% interval]", "AOPD from noise alone", "orders differ", "widest task",
-            "seeds"]
+    head = ["method", "MOPD", "AOPD", "AOPD from noise alone", "orders differ", "widest task", "seeds"]
     rows = []
     for name, e in comp["methods"].items():
         rob = e.get("order_robustness") or {}
@@ -172,23 +171,19 @@ def order_rows(comp: dict) -> tuple[list[str], list[list[str]]]:
         opd = rob.get("opd") or {}
         widest = max(opd, key=opd.get) if opd else None
         boot = rob.get("aopd_bootstrap")
-        aopd = _num(rob.get("aopd"))
-        if boot:
-            aopd += f" [{boot['lo']:.1f}, {boot['hi']:.1f}]"
         noise = f"{boot['noise']:.1f} (95th pct {boot['noise_95']:.1f})" if boot else "n/a"
         differ = "n/a" if not boot else f"{'yes' if boot['p'] < 0.05 else 'not detected'} (p {boot['p']:.2g})"
-        rows.append([name, _num(rob.get("mopd")), aopd, noise, differ,
+        rows.append([name, _num(rob.get("mopd")), _num(rob.get("aopd")), noise, differ,
                      "n/a" if widest is None else f"{widest} ({opd[widest]:.1f})",
                      ", ".join(map(str, rob.get("seeds") or [])) or "n/a"])
     return head, rows
 
 
 ORDER_RULE = ("Per task the spread (max − min over orders) of its final score, mean over the seeds run under "
-              "every order (the last column); MOPD the largest spread, AOPD the mean, with a 95% basic bootstrap "
-              "interval (redrawing seeds within each order and test examples within each task). A spread is never "
-              "negative, so test and seed noise alone make AOPD positive: \"from noise alone\" is the AOPD the "
-              "orders would show if they had the same true scores (the same bootstrap recentred on that null), "
-              "and the orders differ only where the "
+              "every order (the last column); MOPD the largest spread, AOPD the mean. A spread is never negative, so "
+              "test and seed noise alone make AOPD positive: \"from noise alone\" is the AOPD the orders would "
+              "show if they had the same true scores (a bootstrap that redraws seeds within each order and test "
+              "examples within each task, recentred on that null), and the orders differ only where the "
               "observed AOPD exceeds that null's 95th percentile (one-sided p below 0.05). With several seeds the "
               "floor counts test-set noise at both levels, as the paired bootstrap does, so it errs high: \"not "
               "detected\" is the safe side of the call.")
