@@ -214,3 +214,19 @@ def test_runs_named_in_words_put_a_run_without_an_order_first():
     assert _units_text(frozenset({(1, 0), (None, 0), (1, 1), (None, 1)})) == \
         "seed 0, seed 1, order 1 seed 0, order 1 seed 1"
     assert _units_text(frozenset({(10, 0), (9, 0)})) == "orders 9, 10, seed 0"
+
+
+def test_every_bottom_panel_of_the_order_spread_carries_the_score_axis(tmp_path, monkeypatch):
+    import slao.plots as plots
+
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
+    # five methods under two orders: four panels on the first row, one on the second; the three panels of
+    # the first row with nothing below them must show the axis too
+    runs = {f"m{k}": [{**_seq(s), "order": o, "tasks": TASKS if o == 1 else TASKS[::-1]}
+                      for o in (1, 2) for s in (0, 1)] for k in range(5)}
+    assert plots.order_spread_figure(runs, "tiny", tmp_path / "order-spread.png").exists()
+    panels = [ax for ax in drawn[0].axes if ax.get_visible()]
+    assert [ax.get_xlabel() != "" for ax in panels] == [False, True, True, True, True]
+    assert plots.order_spread_figure({"m": runs["m0"][:2]}, "tiny", tmp_path / "none.png") is None

@@ -304,8 +304,10 @@ def order_spread_figure(runs: dict[str, Sequence[dict]], title: str, path: Path,
         ax.set_visible(False)
     for ax in axes[::cols]:
         ax.set_yticks(range(len(tasks)), [short_name(t, 24) for t in tasks], fontsize=7)
-    for ax in axes[:len(panels)][-cols:]:
-        ax.set_xlabel("final score (%)", fontsize=8)
+    for k, ax in enumerate(axes[:len(panels)]):
+        if k + cols >= len(panels):  # nothing drawn below it: it carries the axis' labels
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel("final score (%)", fontsize=8)
     axes[0].invert_yaxis()
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False)
