@@ -53,7 +53,7 @@ def test_grid_over_orders_layout_and_order_robustness(tmp_path):
     assert rob["mopd"] == pytest.approx(9.0) and rob["aopd"] == pytest.approx(8.0)
     assert comp["methods"]["seq-lora"]["order_robustness"]["mopd"] == pytest.approx(8.0)
     md = (tmp_path / "comparison.md").read_text()
-    assert "## Order robustness" in md and "| slao | 9.0 | 8.0 | n/a | n/a | bbc-topic (9.0) | 0, 1 |" in md
+    assert "## Order robustness" in md and "| slao | 8.0 | n/a | n/a | 9.0 | n/a | bbc-topic (9.0) | n/a | 0, 1 |" in md
     assert len(comp["paired"]["units"]) == 4  # (order, seed) pairs
     # identical per-example scores for both methods: a zero-width interval at zero, no difference detected
     aa = comp["paired"]["pairs"]["slao vs seq-lora"]["aa"]
@@ -141,6 +141,9 @@ def test_order_robustness_says_whether_the_spread_is_above_noise():
            or line.startswith("| steady")}
     assert f"| {boot['aopd']:.1f} | {boot['noise']:.1f} (95th pct {boot['noise_95']:.1f}) | yes (p " in row["moves"]
     assert "| not detected (p " in row["steady"] and "from noise alone" in md
+    # the widest task (a, 60 points apart) is beyond the widest spread noise alone gives
+    assert boot["mopd_p"] < 0.05 and f"| a ({boot['mopd']:.1f}) | yes (p " in row["moves"]
+    assert rob["steady"]["aopd_bootstrap"]["mopd_p"] >= 0.05
 
 
 def test_the_table_says_when_methods_have_run_over_different_runs():

@@ -113,7 +113,8 @@ def test_order_spread_of_identical_orders_is_zero_and_not_called_a_difference():
     rng = np.random.default_rng(1)
     one = _finals(rng, {1: 0.5})[1]
     boot = stats.order_spread_bootstrap({1: one, 2: one}, replicates=300)
-    assert boot["aopd"] == 0.0 and boot["p"] == 1.0
+    assert boot["aopd"] == 0.0 and boot["p"] == 1.0 and boot["mopd"] == 0.0 and boot["mopd_p"] == 1.0
+    assert boot["mopd_noise"] >= boot["noise"]  # the widest of four noisy spreads is at least their mean
     assert boot["noise"] > 2.0  # the orders' own noise, not zero
     assert stats.order_spread_bootstrap({1: one}) is None
 
@@ -129,6 +130,8 @@ def test_the_noise_floor_is_the_spread_of_two_noisy_means():
     assert boot["noise"] == pytest.approx(expected, rel=0.1)
     assert boot["aopd"] == pytest.approx(100 * abs(p2 - p1))
     assert boot["noise"] < boot["noise_95"] < boot["aopd"]
+    # one task: the widest spread is the spread, for the data and for the null
+    assert (boot["mopd"], boot["mopd_noise"], boot["mopd_p"]) == (boot["aopd"], boot["noise"], boot["p"])
     assert boot["p"] < 0.01  # 30 points apart on 200 examples each: the orders differ
 
 

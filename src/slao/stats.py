@@ -132,7 +132,8 @@ def order_spread_bootstrap(finals: dict, *, replicates: int = 2000, seed: int = 
     the replicate's deviation from the observed mean, then its range over orders, averaged over tasks (the
     bootstrap recentred on the null). Returns the observed AOPD, the floor's mean and 95th percentile, and the
     one-sided p-value of the observed AOPD against the floor (its share of null replicates at least as large,
-    counted with the observed one). None with fewer than two orders.
+    counted with the observed one); and the same for MOPD against the widest spread noise alone gives
+    (``mopd_noise``, ``mopd_noise_95``, ``mopd_p``). None with fewer than two orders.
 
     No interval is given for AOPD itself: a mean of ranges sits on its boundary at zero and runs high with
     noise, and neither the percentile nor the basic bootstrap interval held its level in simulation
@@ -163,12 +164,17 @@ def order_spread_bootstrap(finals: dict, *, replicates: int = 2000, seed: int = 
                 draws[:, si, 0] = x.mean()
             per_position = np.take_along_axis(draws, picks.T[:, None, :], axis=1)[:, 0, :]  # (k, replicates)
             means[a, t] = 100.0 * per_position.mean(axis=0)
-    observed = float((means[:, :, 0].max(axis=0) - means[:, :, 0].min(axis=0)).mean())
+    spreads = means[:, :, 0].max(axis=0) - means[:, :, 0].min(axis=0)
+    observed, widest = float(spreads.mean()), float(spreads.max())
     deviations = means - means[:, :, :1]
-    null = (deviations.max(axis=0) - deviations.min(axis=0)).mean(axis=0)[1:]
+    null_spreads = (deviations.max(axis=0) - deviations.min(axis=0))[:, 1:]  # (task, replicate)
+    null, null_max = null_spreads.mean(axis=0), null_spreads.max(axis=0)
     return {"aopd": observed, "noise": float(null.mean()), "noise_95": float(np.percentile(null, 95)),
-            "p": float((1 + np.sum(null >= observed)) / (1 + len(null))), "replicates": replicates - 1,
-            "tasks": tasks}
+            "p": float((1 + np.sum(null >= observed)) / (1 + len(null))),
+            # the same for MOPD: the widest task's spread against the widest spread noise alone gives
+            "mopd": widest, "mopd_noise": float(null_max.mean()), "mopd_noise_95": float(np.percentile(null_max, 95)),
+            "mopd_p": float((1 + np.sum(null_max >= widest)) / (1 + len(null_max))),
+            "replicates": replicates - 1, "tasks": tasks}
 
 
 def paired_interval(x: np.ndarray, y: np.ndarray) -> dict | None:
