@@ -98,9 +98,7 @@ def aggregate_method(runs: Sequence[dict]) -> dict:
     out["method_seconds"] = summarize([_total(r["method_seconds"]) if r.get("method_seconds") else None
                                        for r in runs])
     out["eval_seconds"] = summarize([_total(r.get("eval_seconds")) for r in runs])
-    by_order: dict = {}
-    for r in runs:
-        by_order.setdefault(r.get("order"), []).append(r)
+    by_order = group_by_order(runs)
     if len(by_order) == 1:
         out["accuracy_mean"] = mean_matrix([r["accuracy"] for r in runs])
     out["order_robustness"] = order_robustness(by_order)
@@ -109,6 +107,14 @@ def aggregate_method(runs: Sequence[dict]) -> dict:
     out["test_examples"] = counts[0] if counts else None  # all tasks together, per run
     out["test_per_task_mean"] = counts[0] / tasks if counts and tasks else None
     return out
+
+
+def group_by_order(runs: Sequence[dict]) -> dict:
+    """Runs grouped by their task order (None for a run made without --orders), in the order they come."""
+    by_order: dict = {}
+    for r in runs:
+        by_order.setdefault(r.get("order"), []).append(r)
+    return by_order
 
 
 def order_finals(by_order: dict) -> tuple[list, dict]:
@@ -143,8 +149,9 @@ def order_robustness(by_order: dict) -> dict:
 
 
 def _spread_bootstrap(by_order: dict, seeds: list, names: list, aopd: float | None) -> dict | None:
-    """AOPD's interval and noise floor (slao.stats.order_spread_bootstrap) from the runs' per-example final
-    scores; None where a run lacks them (made by an older slao), no task is shared, or the examples' means
+    """The spreads noise alone gives, and the calls against them, for AOPD and MOPD
+    (slao.stats.order_spread_bootstrap) from the runs' per-example final scores; None where a run lacks
+    them (made by an older slao), no task is shared, or the examples' means
     do not give the matrix's AOPD (scores the matrix does not average)."""
     finals: dict = {}
     for order, runs in by_order.items():

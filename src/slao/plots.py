@@ -262,14 +262,11 @@ def order_spread_figure(runs: dict[str, Sequence[dict]], title: str, path: Path,
     the seeds run under every order), joined by a bar whose length is the task's spread (OPD). The panel
     title gives AOPD and, where ``robustness`` (method -> its comparison entry's order_robustness) has it,
     the AOPD from noise alone. None when no method has two orders."""
-    from slao.compare import order_finals
+    from slao.compare import group_by_order, order_finals
 
     panels = {}
     for name, results in runs.items():
-        by_order: dict = {}
-        for r in results:
-            by_order.setdefault(r.get("order"), []).append(r)
-        seeds, finals = order_finals(by_order)
+        seeds, finals = order_finals(group_by_order(results))
         if seeds:
             panels[name] = (seeds, finals)
     if not panels:
@@ -394,12 +391,12 @@ def write_figures(runs: dict[str, Sequence[dict]], folder: Path, context: str,
     (and order), the seen-task average (per order), the adapter state, memory and time against tasks, the
     spread over orders where there are several (with ``robustness``, method -> order_robustness, in its
     titles), and the paired differences when given."""
+    from slao.compare import group_by_order
+
     folder = Path(folder)
     paths = []
     for name, results in runs.items():
-        by_order: dict = {}
-        for r in results:
-            by_order.setdefault(r.get("order"), []).append(r)
+        by_order = group_by_order(results)
         for order, group in by_order.items():  # a matrix averages runs of one task order only
             seeds = [r["seed"] for r in group]
             which = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))}"

@@ -172,9 +172,10 @@ def order_rows(comp: dict) -> tuple[list[str], list[list[str]]]:
         opd = rob.get("opd") or {}
         widest = max(opd, key=opd.get) if opd else None
         boot = rob.get("aopd_bootstrap")
-        rows.append([name, _num(rob.get("aopd")), *_against_noise(boot, ""), _num(rob.get("mopd")),
-                     _against_noise(boot, "mopd_")[0], "n/a" if widest is None else f"{widest} ({opd[widest]:.1f})",
-                     _against_noise(boot, "mopd_")[1], ", ".join(map(str, rob.get("seeds") or [])) or "n/a"])
+        mopd_noise, mopd_call = _against_noise(boot, "mopd_")
+        rows.append([name, _num(rob.get("aopd")), *_against_noise(boot, ""), _num(rob.get("mopd")), mopd_noise,
+                     "n/a" if widest is None else f"{widest} ({opd[widest]:.1f})", mopd_call,
+                     ", ".join(map(str, rob.get("seeds") or [])) or "n/a"])
     return head, rows
 
 
