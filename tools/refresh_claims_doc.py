@@ -3,7 +3,8 @@
 Every `slao compare` block of that section is run again with --collect on a copy of the records (nothing
 is trained), and the tables below it are replaced by what it prints: the header, the methods, the note on
 unlike runs, the order robustness and SLAO's paired rows. The ledger is replaced by `slao claims`, and the
-main table's figures are redrawn into docs/figures/claims/. Prose is left alone: read the diff and fix the
+main table's figures are redrawn into docs/figures/claims/. Prose is left alone, and the doc is read again
+before it is written, so prose edited while the tables are computed is kept: read the diff and fix the
 sentences whose numbers moved.
 
     python tools/refresh_claims_doc.py --data-dir ../shared/data/superni
@@ -75,6 +76,42 @@ def extract(md: str) -> list[str]:
     return out + paired[:2] + [line for line in paired[2:] if line.startswith("| slao − ")] + [""]
 
 
+def blocks(section: list[str]):
+    """Each ```bash block of the section: (the line after its closing fence, its lines)."""
+    i = 0
+    while i < len(section):
+        if section[i] != "```bash":
+            i += 1
+            continue
+        start = i = i + 1
+        while section[i] != "```":
+            i += 1
+        i += 1
+        yield i, section[start:i - 1]
+
+
+def splice(text: str, tables: dict[str, list[str]], ledger: str) -> str:
+    """The doc with the tables below each refreshed block and the ledger replaced, everything else as it is
+    now (the doc is read again at the end, so prose edited while the tables were computed is kept)."""
+    start = text.index(SECTION)
+    end = text.index("\n## ", start + len(SECTION))
+    section = text[start:end].split("\n")
+    new: list[str] = []
+    done = 0
+    for after, block in blocks(section):
+        new += section[done:after]
+        done = after
+        key = "\n".join(block)
+        if key in tables:
+            while done < len(section) and (not section[done].strip() or section[done].startswith(GENERATED)):
+                done += 1  # the old tables
+            new += [""] + tables[key] + [""]
+    out = "\n".join(new + section[done:])
+    a, b = out.index("| claim |"), out.index("### Reading the ledger")
+    out = out[:a] + ledger.strip() + "\n\n\n" + out[b:]
+    return text[:start] + out + text[end:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, help="the superni folder of the benchmark data")
@@ -84,41 +121,23 @@ def main() -> None:
     doc = Path(opts.doc)
     text = doc.read_text()
     start = text.index(SECTION)
-    end = text.index("\n## ", start + len(SECTION))
-    section = text[start:end].split("\n")
+    section = text[start:text.index("\n## ", start + len(SECTION))].split("\n")
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "claims"
         shutil.copytree(opts.records, copy)
-        new: list[str] = []
+        tables: dict[str, list[str]] = {}
         main_args = None
-        i = 0
-        while i < len(section):
-            new.append(section[i])
-            if section[i] != "```bash":
-                i += 1
-                continue
-            block = []
-            i += 1
-            while section[i] != "```":
-                block.append(section[i])
-                i += 1
-            new += block + ["```"]
-            i += 1
+        for _, block in blocks(section):
             args = compare_args(block, opts.data_dir)
             if args is None:
                 continue
             main_args = main_args or args
             slao("compare", *args, "--output", str(copy), "--collect")
-            while i < len(section) and (not section[i].strip() or section[i].startswith(GENERATED)):
-                i += 1  # the old tables
-            new += [""] + extract((copy / "comparison.md").read_text()) + [""]
+            tables["\n".join(block)] = extract((copy / "comparison.md").read_text())
             print("refreshed the table of", args[args.index("--methods") + 1][:90])
-        out = "\n".join(new)
         slao("claims", str(copy))
-        a, b = out.index("| claim |"), out.index("### Reading the ledger")
-        out = out[:a] + (copy / "claims.md").read_text().strip() + "\n\n\n" + out[b:]
-        doc.write_text(text[:start] + out + text[end:])
-        print("refreshed the ledger")
+        doc.write_text(splice(doc.read_text(), tables, (copy / "claims.md").read_text()))
+        print("refreshed the tables and the ledger")
         if main_args:
             slao("compare", *main_args, "--output", str(copy), "--collect")
             slao("report", str(copy))
