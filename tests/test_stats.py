@@ -146,3 +146,58 @@ def test_order_spread_from_noise_alone_is_rarely_called_a_difference():
     shifted = [stats.order_spread_bootstrap(_finals(rng, {1: 0.4, 2: 0.6}), replicates=400, seed=k)["p"] < 0.05
                for k in range(10)]
     assert sum(shifted) >= 9  # 20 points apart on every task: found nearly always
+
+
+def test_t_quantile_matches_the_printed_table():
+    # Student's t, two-sided 95% and one-sided 80% points (any statistics table)
+    for df, p, value in [(1, 0.975, 12.706), (2, 0.975, 4.303), (4, 0.975, 2.776), (30, 0.975, 2.042),
+                         (2, 0.8, 1.061), (4, 0.8, 0.941)]:
+        assert stats.t_quantile(p, df) == pytest.approx(value, abs=1e-3)
+    with pytest.raises(ValueError):
+        stats.t_quantile(0.975, 0)
+
+
+def test_the_interval_over_runs_is_the_pooled_t_interval():
+    # order 1's runs differ by 1, 3, 2 and order 2's by 4, 6, 5: means 2 and 5, estimate 3.5; residuals
+    # -1, 1, 0 twice: pooled variance 4 / (6 - 2) = 1, standard error sqrt(1/3 + 1/3) / 2
+    diffs = {(1, 0): 1.0, (1, 1): 3.0, (1, 2): 2.0, (2, 0): 4.0, (2, 1): 6.0, (2, 2): 5.0}
+    iv = stats.runs_interval(diffs, {u: u[0] for u in diffs})
+    se = np.sqrt(2 / 3) / 2
+    assert iv["diff"] == pytest.approx(3.5) and iv["df"] == 4 and iv["se"] == pytest.approx(se)
+    assert (iv["lo"], iv["hi"]) == pytest.approx((3.5 - 2.7764 * se, 3.5 + 2.7764 * se), abs=1e-3)
+    # one run per order says nothing of the runs' spread; an undefined difference gives no interval
+    assert stats.runs_interval({(1, 0): 1.0, (2, 0): 2.0}, {(1, 0): 1, (2, 0): 2}) is None
+    assert stats.runs_interval({**diffs, (1, 2): None}, {u: u[0] for u in diffs}) is None
+
+
+def test_a_difference_is_called_only_where_the_bootstrap_and_the_runs_both_clear_zero():
+    rng = np.random.default_rng(6)
+    x = np.concatenate([[5.0], rng.normal(5.0, 1.0, 999)])  # the bootstrap alone: about [3, 7], clear
+    y = np.zeros(1000)
+    alone = stats.paired_interval(x, y)
+    assert alone["separated"] and alone["lo"] > 2.0 and alone["runs"] is None
+    runs = {"lo": -1.0, "hi": 11.0, "se": 2.5, "df": 2, "detectable": 20.0}  # seeds that disagree widely
+    joined = stats.paired_interval(x, y, runs)
+    assert (joined["lo"], joined["hi"]) == (-1.0, pytest.approx(max(11.0, alone["hi"])))
+    assert not joined["separated"] and joined["detectable"] == 20.0
+    assert joined["bootstrap"] == [alone["lo"], alone["hi"]] and joined["runs"]["df"] == 2
+    narrow = stats.paired_interval(x, y, {"lo": 4.9, "hi": 5.1, "se": 0.05, "df": 4, "detectable": 0.1})
+    assert (narrow["lo"], narrow["hi"]) == (alone["lo"], alone["hi"])  # never narrower than the bootstrap
+
+
+def test_the_runs_interval_of_a_comparison_uses_each_runs_own_metric():
+    # two orders, two seeds each: x is 25 points above y in AA on every run but one, where it is 0
+    from slao.compare import paired_comparisons
+
+    def run(seed, order, final):
+        return {"seed": seed, "order": order, "tasks": ["a", "b"], "task_info": {},
+                "example_scores": [[[1.0] * 4, None], [[1.0] * 4, final]]}
+
+    high, low = [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]
+    xs = [run(s, o, high) for o in (1, 2) for s in (0, 1)]
+    ys = [run(s, o, high if (o, s) == (2, 1) else low) for o in (1, 2) for s in (0, 1)]
+    pair = paired_comparisons({"x": xs, "y": ys}, replicates=200)["pairs"]["x vs y"]
+    aa = pair["aa"]
+    # AA per run: x 100, y 50 (or 100 on order 2 seed 1): differences 50, 50 | 50, 0
+    assert aa["diff"] == pytest.approx(37.5) and aa["runs"]["df"] == 2
+    assert aa["lo"] == aa["runs"]["lo"] < aa["bootstrap"][0]  # the runs disagree more than the examples say

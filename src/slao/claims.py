@@ -297,7 +297,8 @@ def ledger_markdown(led: dict) -> str:
     for c in led["claims"]:
         lines.append("| " + " | ".join(cell(c[k]) for k in ("claim", "paper", "ours", "interval", "verdict")) + " |")
     lines += ["", f"Model {led['model']}, benchmark {led['benchmark']}; intervals from a paired bootstrap "
-              f"({led['replicates']} replicates) over the runs both sides have; code of commit(s) "
+              f"({led['replicates']} replicates) joined with a t-interval over the runs' differences, on the runs "
+              "both sides have; code of commit(s) "
               + ", ".join(c[:7] for c in led["commits"]) + ".", ""]
     for c in led["claims"]:
         if c["evidence"]:

@@ -172,8 +172,9 @@ def _spread_bootstrap(by_order: dict, seeds: list, names: list, aopd: float | No
 
 def paired_comparisons(runs: dict[str, Sequence[dict]], replicates: int = BOOTSTRAP_REPLICATES,
                        seed: int = 0) -> dict:
-    """Every pair of methods: the difference in AA, BWT and F with a paired bootstrap interval over test
-    examples and seeds (slao.stats), and per exact-match task an exact McNemar test on the final row.
+    """Every pair of methods: the difference in AA, BWT and F with a paired interval (slao.stats: a bootstrap
+    over test examples and seeds joined with a t-interval over the runs' differences), and per exact-match
+    task an exact McNemar test on the final row.
 
     Runs are paired by (order, seed): a pair is compared on the runs both methods have (a grid run in
     pieces may hold more seeds of one method than another). A run without per-example scores (made by an
@@ -198,6 +199,7 @@ def paired_comparisons(runs: dict[str, Sequence[dict]], replicates: int = BOOTST
     if len(names) < 2:
         return out
     _check_same_examples(runs)
+    per_run = {n: {u: stats.unit_metrics(sc, zero.get(u)) for u, sc in scores[n].items()} for n in names}
     boots: dict = {}  # shared units -> one bootstrap of every method that has them all
     for i, x in enumerate(names):
         for y in names[i + 1:]:
@@ -209,12 +211,22 @@ def paired_comparisons(runs: dict[str, Sequence[dict]], replicates: int = BOOTST
                 boots[shared] = stats.bootstrap_metrics(having, {u: groups[u] for u in shared},
                                                         replicates=replicates, seed=seed, zero_shot=zero)
             boot = boots[shared]
-            entry = {k: stats.paired_interval(boot[x][k], boot[y][k]) for k in PAIRED}
+            entry = {k: stats.paired_interval(boot[x][k], boot[y][k], _runs_interval(per_run, x, y, k, shared, groups))
+                     for k in PAIRED}
             entry["mcnemar"] = mcnemar_final_row(runs[x], runs[y])
             out["pairs"][f"{x} vs {y}"] = {"x": x, "y": y, "units": [list(u) for u in shared], **entry}
     widths = [p["aa"]["detectable"] for p in out["pairs"].values() if p["aa"] is not None]
     out["detectable_aa"] = sorted(widths)[len(widths) // 2] if widths else None  # the median pair
     return out
+
+
+def _runs_interval(per_run: dict, x: str, y: str, key: str, units, groups: dict) -> dict | None:
+    """The t-interval over runs (slao.stats.runs_interval) of x - y in one metric, on the given runs."""
+    diffs = {}
+    for u in units:
+        a, b = per_run[x][u].get(key), per_run[y][u].get(key)
+        diffs[u] = None if a is None or b is None else a - b
+    return stats.runs_interval(diffs, {u: groups[u] for u in units})
 
 
 def _check_same_examples(runs: dict[str, Sequence[dict]]) -> None:

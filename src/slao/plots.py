@@ -345,7 +345,8 @@ def paired_figure(paired: dict, title: str, path: Path) -> Path | None:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(pairs)), [f"vs {o}" for o in others])
     axes[0].invert_yaxis()
-    fig.suptitle(title + "\n95% paired bootstrap intervals; filled: the interval excludes zero", fontsize=9)
+    fig.suptitle(title + "\n95% paired intervals (bootstrap joined with t over runs); filled: the interval "
+                 "excludes zero", fontsize=9)
     return _save(fig, path)
 
 

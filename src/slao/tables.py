@@ -8,12 +8,15 @@ from slao.metrics import HIGHER_IS_BETTER, LABELS, METRICS, PAIRED
 from slao.stats import none_first
 
 PAIRED_RULE = (
-    "Differences are x − y in points with a 95% interval from a paired bootstrap ({replicates} replicates): "
-    "each replicate redraws the seeds within each task order and the test examples within each task, the "
-    "same draws for both methods and for every row of the accuracy matrix. A method is called better only "
-    "where the interval excludes zero. \"Detects about ±w\": the difference this setting finds 4 times in 5 "
-    "(2.8 bootstrap standard errors). With several seeds the bootstrap counts test-set noise at both levels "
-    "(wider), while a handful of seeds gives only a coarse picture of seed-to-seed variation."
+    "Differences are x − y in points with a 95% paired interval: a paired bootstrap ({replicates} replicates), "
+    "each replicate redrawing the seeds within each task order and the test examples within each task, the "
+    "same draws for both methods and for every row of the accuracy matrix, joined with a t-interval over the "
+    "runs' own differences (where an order has two runs or more; runs minus orders degrees of freedom): the "
+    "interval runs from the lower of the two lower ends to the higher of the two upper ends. A method is "
+    "called better only where that interval excludes zero. \"Detects about ±w\": the difference this setting "
+    "finds 4 times in 5 (the larger of 2.8 bootstrap standard errors and the t-interval's own). With three "
+    "seeds per order the bootstrap alone is too narrow where seeds vary as much as test examples do "
+    "(bench/paired_calibration.py): the t-interval pays for knowing the seeds' spread from a few runs."
 )
 
 
