@@ -11,7 +11,7 @@ PAIRED_RULE = (
     "Differences are x − y in points with a 95% paired interval: a paired bootstrap ({replicates} replicates), "
     "each replicate redrawing the seeds within each task order and the test examples within each task, the "
     "same draws for both methods and for every row of the accuracy matrix, joined with a t-interval over the "
-    "runs' own differences (where an order has two runs or more; runs minus orders degrees of freedom): the "
+    "runs' own differences (given more runs than orders; runs minus orders degrees of freedom): the "
     "interval runs from the lower of the two lower ends to the higher of the two upper ends. A method is "
     "called better only where that interval excludes zero. \"Detects about ±w\": the difference this setting "
     "finds 4 times in 5 (the larger of 2.8 bootstrap standard errors and the t-interval's own). With three "
