@@ -35,7 +35,7 @@ Scores = Sequence[Sequence[Sequence[float] | None]]
 DETECT_FACTOR = 2.801585
 
 
-def _matrix(scores, idx: Sequence[np.ndarray | None]) -> list[list[float | None]]:
+def _matrix(scores, idx: Sequence[np.ndarray | slice | None]) -> list[list[float | None]]:
     """The accuracy matrix in percent from per-example scores (arrays), task j's examples taken at idx[j]."""
     return [[None if cell is None else 100.0 * float(cell[idx[j]].mean()) for j, cell in enumerate(row)]
             for row in scores]
@@ -205,8 +205,8 @@ def t_quantile(p: float, df: int) -> float:
 
 def unit_metrics(scores: Scores, zero_shot=None) -> dict[str, float | None]:
     """One run's metrics from its per-example scores, every example once (bootstrap_metrics' replicate 0)."""
-    return all_metrics([[None if c is None else 100.0 * float(c.mean()) for c in row] for row in _arrays(scores)],
-                       zero_shot)
+    arrays = _arrays(scores)
+    return _metrics(arrays, [slice(None)] * max(len(row) for row in arrays), zero_shot)
 
 
 def runs_interval(diffs: dict, groups: dict) -> dict | None:
