@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## The paper's claims, tested"
 GENERATED = ("Model ", "|", "The methods' means", "Per task the spread", "Not yet run under two orders")
+# Begins as the long explanation does, so that GENERATED finds it and the next refresh replaces it.
 SHORT_ROBUSTNESS = ("Per task the spread (max − min over orders) of its final score; MOPD the largest spread, AOPD "
                     "the mean, each tested against what noise alone gives, as the main table explains.")
 FIGURES = ("cost-vs-tasks", "paired-differences", "seen-average-order-1", "seen-average-order-2", "order-spread")
